@@ -1,0 +1,220 @@
+"""Standard layers with interval rules: dense, convolution, activations, pooling, normalisation.
+
+Interval rules follow Gowal et al. 2018 ("On the effectiveness of interval bound propagation"):
+affine maps in centre/radius form, monotone maps on the endpoints.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from andor_jax.interval import Interval, linear, monotone
+
+MISH_ARGMIN = -1.1923179967766  # the unique minimiser of mish(x) = x tanh(softplus(x))
+
+
+def mish(x: jax.Array) -> jax.Array:
+    """Mish (Misra 2019): ``x * tanh(softplus(x))``."""
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "softplus": jax.nn.softplus,
+    "mish": mish,
+    "identity": lambda x: x,
+}
+
+
+class Dense(nn.Module):
+    """Affine layer ``y = x W + b`` with ``W`` of shape (in, out)."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = x @ kernel
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+    def interval(self, bounds: Interval) -> Interval:
+        params = self.variables["params"]
+        kernel = params["kernel"]
+        return linear(lambda c: c @ kernel, lambda r: r @ jnp.abs(kernel), params.get("bias"), bounds)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str) -> jax.Array:
+    """2-D convolution of NHWC inputs with an HWIO kernel."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=tuple(strides), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class Conv(nn.Module):
+    """2-D convolution over NHWC inputs, kernel (kh, kw, in, out)."""
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "VALID"
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        y = conv2d(x, kernel, self.strides, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+    def interval(self, bounds: Interval) -> Interval:
+        params = self.variables["params"]
+        kernel = params["kernel"]
+        return linear(lambda c: conv2d(c, kernel, self.strides, self.padding),
+                      lambda r: conv2d(r, jnp.abs(kernel), self.strides, self.padding),
+                      params.get("bias"), bounds)
+
+
+class Activation(nn.Module):
+    """Elementwise activation chosen by name (one of `ACTIVATIONS`)."""
+
+    kind: str = "relu"
+
+    def setup(self):
+        if self.kind not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.kind!r}; choose one of {sorted(ACTIVATIONS)}")
+
+    def __call__(self, x, *, train: bool = False):
+        return ACTIVATIONS[self.kind](x)
+
+    def interval(self, bounds: Interval) -> Interval:
+        fn = ACTIVATIONS[self.kind]
+        if self.kind != "mish":
+            return monotone(fn, bounds)
+        # Mish decreases on (-inf, a] and increases on [a, inf): the minimum over [l, u] is mish(a) when
+        # a lies inside, else the smaller endpoint value; the maximum is always at an endpoint.
+        f_lower, f_upper = fn(bounds.lower), fn(bounds.upper)
+        contains_min = (bounds.lower <= MISH_ARGMIN) & (MISH_ARGMIN <= bounds.upper)
+        lower = jnp.where(contains_min, fn(jnp.asarray(MISH_ARGMIN)), jnp.minimum(f_lower, f_upper))
+        return Interval(lower, jnp.maximum(f_lower, f_upper))
+
+
+class Flatten(nn.Module):
+    """Flattens every axis but the batch axis."""
+
+    def __call__(self, x, *, train: bool = False):
+        return x.reshape(x.shape[0], -1)
+
+    def interval(self, bounds: Interval) -> Interval:
+        return Interval(self(bounds.lower), self(bounds.upper))
+
+
+class MaxPool(nn.Module):
+    """Max pooling over NHWC windows (monotone in every input, so endpoints map to endpoints)."""
+
+    window: tuple[int, int] = (2, 2)
+    strides: tuple[int, int] | None = None
+
+    def __call__(self, x, *, train: bool = False):
+        return nn.max_pool(x, self.window, strides=self.strides or self.window)
+
+    def interval(self, bounds: Interval) -> Interval:
+        return monotone(self, bounds)
+
+
+class AvgPool(nn.Module):
+    """Average pooling over NHWC windows (a non-negative linear map, hence monotone)."""
+
+    window: tuple[int, int] = (2, 2)
+    strides: tuple[int, int] | None = None
+
+    def __call__(self, x, *, train: bool = False):
+        return nn.avg_pool(x, self.window, strides=self.strides or self.window)
+
+    def interval(self, bounds: Interval) -> Interval:
+        return monotone(self, bounds)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout; the identity at inference (and so is its interval rule)."""
+
+    rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        return nn.Dropout(self.rate, deterministic=not train)(x)
+
+    def interval(self, bounds: Interval) -> Interval:
+        return bounds
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over the last axis (Ioffe & Szegedy 2015).
+
+    Training normalises with batch statistics and updates the running averages in the ``batch_stats``
+    collection; inference uses the running averages, an affine map per channel
+    ``y = a x + c`` with ``a = scale / sqrt(var + eps)`` and ``c = bias - a mean``.
+    """
+
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+        var = self.variable("batch_stats", "var", jnp.ones, (features,))
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            batch_mean, batch_var = jnp.mean(x, axes), jnp.var(x, axes)
+            if not self.is_initializing():
+                mean.value = self.momentum * mean.value + (1 - self.momentum) * batch_mean
+                var.value = self.momentum * var.value + (1 - self.momentum) * batch_var
+        else:
+            batch_mean, batch_var = mean.value, var.value
+        return (x - batch_mean) * (scale / jnp.sqrt(batch_var + self.epsilon)) + bias
+
+    def interval(self, bounds: Interval) -> Interval:
+        params, stats = self.variables["params"], self.variables["batch_stats"]
+        slope = params["scale"] / jnp.sqrt(stats["var"] + self.epsilon)
+        offset = params["bias"] - slope * stats["mean"]
+        return linear(lambda c: c * slope, lambda r: r * jnp.abs(slope), offset, bounds)
+
+
+class Concat(nn.Module):
+    """Runs several branches on the same input and concatenates their outputs on the last axis.
+
+    A branch is a sequence of layers; an empty sequence is the identity (a skip connection).  The AND/OR
+    network of Fontana's code feeds the outputs of two consecutive dense layers together into the last one:
+    ``Concat(((), (Dense(84), Activation(...))))`` after the first.
+    """
+
+    branches: Sequence[Sequence[nn.Module]]
+
+    def __call__(self, x, *, train: bool = False):
+        outputs = []
+        for branch in self.branches:
+            y = x
+            for layer in branch:
+                y = layer(y, train=train)
+            outputs.append(y)
+        return jnp.concatenate(outputs, axis=-1)
+
+    def interval(self, bounds: Interval) -> Interval:
+        from andor_jax.bounds import propagate_layers  # imported here: bounds walks layers, layers use it
+
+        outputs = [propagate_layers(branch, bounds) for branch in self.branches]
+        return Interval(jnp.concatenate([b.lower for b in outputs], axis=-1),
+                        jnp.concatenate([b.upper for b in outputs], axis=-1))

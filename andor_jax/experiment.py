@@ -1,0 +1,170 @@
+"""Running an experiment from a config: data, model, the training loop with checkpoints, evaluation.
+
+`train.py` holds the pieces of one step; this module strings steps into epochs and owns everything with
+side effects (files in the work directory, progress bars).  A work directory holds::
+
+    config.json        the resolved config of the run
+    checkpoints/       orbax checkpoints (every N steps and every epoch, the last K kept)
+    metrics.jsonl      one line per epoch: train loss/accuracy, test accuracy, wall time
+    report.json/.md    written by `andor-jax evaluate` / `certify`
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from andor_jax import checkpoint, data, models, train
+
+PyTree = Any
+
+
+class Experiment:
+    """A config made concrete: its data set, model, optimiser, projection and step function."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, data_dir: str | None = None,
+                 dataset: data.Dataset | None = None):
+        self.config = config
+        self.dataset = dataset if dataset is not None else load_data(config.data, data_dir)
+        self.model = models.build_model(config.model)
+        self.optimizer = train.make_optimizer(config.train)
+        self.projection = lambda params: models.project(self.model, params)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return data.num_batches(len(self.dataset.x_train), self.config.train.batch_size, drop_remainder=True)
+
+    def objective(self) -> train.Objective:
+        return train.supervised_objective(self.model, train.get_loss(self.config.train.loss))
+
+    def init_state(self) -> train.TrainState:
+        return train.init_state(self.model, self.optimizer, self.dataset.x_train[:1], self.config.seed,
+                                self.projection)
+
+    def logits_fn(self, variables: PyTree, *, rho=None) -> Callable[[jax.Array], jax.Array]:
+        """The trained network as a function of a batch (``rho`` = 1: pseudo-gradients in its backward)."""
+        return lambda x: self.model.apply(variables, x, rho=rho)
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None) -> data.Dataset:
+    dataset = data.load_dataset(config.dataset, data_dir, domain=tuple(config.domain), flatten=config.flatten,
+                                source=config.source)
+    if dataset.notice:
+        print(dataset.notice, file=sys.stderr)
+    if config.limit_train or config.limit_test:
+        dataset = data.limit(dataset, n_train=config.limit_train or None, n_test=config.limit_test or None)
+    return dataset
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
+        dataset: data.Dataset | None = None, stop_at_step: int | None = None,
+        progress: bool = True) -> train.TrainState:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+
+    ``stop_at_step`` ends the run early (as an interruption would, after saving a checkpoint); running the
+    same call again without it continues where it stopped.  Ctrl-C saves a checkpoint before exiting.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
+    tc = config.train
+    parallel = train.DataParallel.create(tc.num_devices, tc.batch_size)
+    state = parallel.replicate(experiment.init_state())
+    fingerprint = checkpoint.fingerprint(config.model, state)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every_steps=tc.checkpoint_every_steps,
+                                   keep=tc.keep_checkpoints)
+    state = ckpt.restore_latest(state, fingerprint)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    steps_per_epoch = experiment.steps_per_epoch
+    total_steps = tc.epochs * steps_per_epoch
+    step_fn = parallel.jit_step(train.make_train_step(
+        experiment.optimizer, experiment.objective(), projection=experiment.projection,
+        rho_schedule=train.make_rho_schedule(tc, total_steps)))
+    evaluate_fn = jax.jit(lambda variables, x: experiment.model.apply(variables, x))
+    ds = experiment.dataset
+    step = int(state.step)
+    if step:
+        print(f"resuming from checkpoint at step {step} (epoch {step // steps_per_epoch + 1})", file=sys.stderr)
+    try:
+        while step < total_steps and (stop_at_step is None or step < stop_at_step):
+            epoch, first_batch = divmod(step, steps_per_epoch)
+            started = time.time()
+            bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not progress, leave=False, file=sys.stderr)
+            sums = {"loss": 0.0, "accuracy": 0.0}
+            count = 0
+            for x, y in data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
+                                     start_batch=first_batch):
+                state, metrics = step_fn(state, *parallel.shard_batch(x, y))
+                step += 1
+                count += 1
+                if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
+                    fetched = jax.device_get(metrics)
+                    for key in sums:
+                        sums[key] += float(fetched[key])
+                    bar.set_postfix(loss=f"{float(fetched['loss']):.4f}", acc=f"{float(fetched['accuracy']):.3f}")
+                bar.update(1)
+                ckpt.save(state, fingerprint)
+                if stop_at_step is not None and step >= stop_at_step:
+                    break
+            bar.close()
+            if step % steps_per_epoch == 0:
+                ckpt.save(state, fingerprint, force=True)
+                test_accuracy = accuracy(evaluate_fn, variables_of(state), ds.x_test, ds.y_test)
+                record = {"epoch": epoch + 1, "step": step, "test_accuracy": test_accuracy,
+                          "seconds": round(time.time() - started, 2)}
+                logged = max(1, count // tc.log_every_steps)
+                record.update({f"train_{k}": round(v / logged, 5) for k, v in sums.items()})
+                with open(workdir / "metrics.jsonl", "a") as log:
+                    log.write(json.dumps(record) + "\n")
+                if progress:
+                    print(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f} ({record['seconds']} s)",
+                          file=sys.stderr)
+    except KeyboardInterrupt:
+        ckpt.save(state, fingerprint, force=True)
+        ckpt.close()
+        print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
+              f"run the same command again to resume", file=sys.stderr)
+        raise
+    ckpt.save(state, fingerprint, force=True)
+    ckpt.close()
+    return state
+
+
+def variables_of(state: train.TrainState) -> dict:
+    return {"params": state.params, **state.model_state}
+
+
+def accuracy(apply_fn, variables: PyTree, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Fraction of ``x`` classified as ``y``, in batches (the last one may be smaller)."""
+    correct = 0
+    for xb, yb in data.batches(x, y, batch_size, shuffle=False, drop_remainder=False):
+        correct += int(jnp.sum(jnp.argmax(apply_fn(variables, xb), -1) == yb))
+    return correct / len(x)
+
+
+def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
+                 dataset: data.Dataset | None = None) -> tuple[Experiment, dict]:
+    """The experiment of ``workdir`` (from its ``config.json``) and the variables of its latest checkpoint."""
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: train first with `andor-jax train --workdir {workdir}`")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
+    state = experiment.init_state()
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    if ckpt.latest_step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
+    state = ckpt.restore_latest(state, checkpoint.fingerprint(config.model, state))
+    ckpt.close()
+    return experiment, variables_of(state)

@@ -1,0 +1,40 @@
+"""Shared fixtures.  Four virtual CPU devices are forced (unless the caller chose otherwise) so that the
+data-parallel path is exercised; this must happen before JAX is imported."""
+import gzip
+import os
+import struct
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose class is written as a bright 7x7 block at one of 10 places, plus noise:
+    learnable in a few steps, so tests can check that training and attacks do something real."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        row, col = divmod(int(label), 5)
+        images[index, 3 + 12 * row: 10 + 12 * row, 1 + 5 * col: 6 + 5 * col] = 230
+    return images, labels
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    magic = 0x801 if array.ndim == 1 else 0x803
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist_dir(tmp_path_factory):
+    """A directory of gzipped IDX files in MNIST's layout: 1,000 training and 300 test images."""
+    directory = tmp_path_factory.mktemp("synthetic_mnist")
+    for prefix, count, seed in (("train", 1000, 0), ("t10k", 300, 1)):
+        images, labels = synthetic_digits(count, seed)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory

@@ -637,17 +637,22 @@ def _iterate(x, y, order: np.ndarray | None, batch_size: int, start: int, stop: 
         yield x[index], y[index]
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-            drop_remainder: bool = True, start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int | None = None, epoch: int | None = None,
+            shuffle: bool = True, drop_remainder: bool = True, start_batch: int = 0
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Training batches of one epoch, deterministic in ``(seed, epoch)``.
 
-    Skipping ``start_batch`` batches yields exactly the tail of the full epoch, so a training resumed from
-    a checkpoint taken after batch ``k`` continues with ``start_batch=k + 1`` and sees the same data as an
-    uninterrupted run.  Arguments are checked here, not at the first ``next``.
+    Shuffling needs both ``seed`` and ``epoch`` explicitly (no hidden RNG, and no epoch silently repeating
+    the order of another); without shuffling they are not used.  Skipping ``start_batch`` batches yields
+    exactly the tail of the full epoch, so a training resumed from a checkpoint taken after batch ``k``
+    continues with ``start_batch=k + 1`` and sees the same data as an uninterrupted run.  Arguments are
+    checked here, not at the first ``next``.
     """
     total = num_batches(_num_examples(x, y), batch_size, drop_remainder)
     if not 0 <= start_batch <= total:
         raise ValueError(f"start_batch {start_batch} is outside 0..{total} (batches in this epoch)")
+    if shuffle and (seed is None or epoch is None):
+        raise ValueError(f"shuffled batches need an explicit seed and epoch, got seed={seed}, epoch={epoch}")
     order = epoch_permutation(len(x), seed=seed, epoch=epoch) if shuffle else None
     return _iterate(x, y, order, batch_size, start_batch, total)
 

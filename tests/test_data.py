@@ -383,7 +383,8 @@ def test_start_batch_equals_slicing_the_full_epoch(start):
 def test_unshuffled_and_evaluation_batches_keep_order_and_remainder():
     assert [len(y) for _, y in data.eval_batches(X, Y, 5)] == [5, 5, 5, 5, 3]
     np.testing.assert_array_equal(np.concatenate([y for _, y in data.eval_batches(X, Y, 5)]), Y)
-    np.testing.assert_array_equal(np.concatenate(epoch_labels(seed=0, epoch=0, shuffle=False)), Y[:20])
+    np.testing.assert_array_equal(np.concatenate(epoch_labels(shuffle=False)), Y[:20])
+    np.testing.assert_array_equal(np.concatenate(epoch_labels(shuffle=False, drop_remainder=False)), Y)
 
 
 @pytest.mark.parametrize("n, size, drop, expected", [(23, 5, True, 4), (23, 5, False, 5), (20, 5, False, 4),
@@ -397,5 +398,7 @@ def test_batch_arguments_are_checked_eagerly():
         data.batches(X, Y, 5, seed=0, epoch=0, start_batch=5)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         data.eval_batches(X, Y, 0)
+    with pytest.raises(ValueError, match="shuffled batches need an explicit seed and epoch"):
+        data.batches(X, Y, 5, seed=0)
     with pytest.raises(ValueError, match="x has 23 examples but y has 22"):
         data.batches(X, Y[:-1], 5, seed=0, epoch=0)

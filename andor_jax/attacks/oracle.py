@@ -1,0 +1,135 @@
+"""The model as an attack queries it: forward logits, loss gradients and logit Jacobians.
+
+Every attack talks to an `Oracle`, never to ``logits_fn`` directly, so that two hooks apply to all of them:
+
+- ``gradient_logits_fn``: the function that is differentiated.  Its forward values must equal the model's;
+  only its backward pass may differ.  This is BPDA (Athalye, Carlini & Wagner 2018, "Obfuscated gradients
+  give a false sense of security": a differentiable approximation in the backward pass only) and the switch
+  to the pseudo-gradients of MWD networks (Agrawal, de Alfaro & Helmbold).  Decisions (is this point
+  misclassified?) always use ``logits_fn`` itself.
+- ``n_draws``: for a randomised model ``logits_fn(x, key)``, every query averages over ``n_draws`` fresh
+  draws of its randomness (vmapped).  This is Expectation over Transformation (Athalye et al. 2018,
+  "Synthesizing robust adversarial examples"): ``grad E_k[L(f(x, k), y)] = E_k[grad L(f(x, k), y)]``.
+  Decisions use the mean logits over the draws.
+
+A deterministic model is the special case that ignores its key, so one attack implementation serves both.
+Oracles are frozen dataclasses of functions: hashable, hence usable as static arguments of `jax.jit`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from andor_jax.attacks.losses import LossFn
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+RandomisedLogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class _IgnoringKey:
+    """``fn(x)`` seen as a randomised model ``(x, key) -> fn(x)``; equal wrappers of one ``fn`` compare
+    equal, so jit caches keyed on an oracle survive re-wrapping."""
+
+    fn: LogitsFn
+
+    def __call__(self, x, key):
+        del key
+        return self.fn(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Oracle:
+    """Answers an attack's queries about a (possibly randomised) model.
+
+    Attributes:
+      logits_fn: ``(x, key) -> logits`` of shape (batch, classes); decides misclassification.
+      gradient_logits_fn: ``(x, key) -> logits`` with the same forward values, differentiated instead of
+        ``logits_fn``; None differentiates ``logits_fn``.
+      n_draws: draws of the model's randomness averaged in every query.
+    """
+
+    logits_fn: RandomisedLogitsFn
+    gradient_logits_fn: RandomisedLogitsFn | None = None
+    n_draws: int = 1
+
+    def _average_over_draws(self, query, key):
+        """``query(key)`` averaged over ``n_draws`` independent keys; exactly ``query(key)`` when n_draws = 1."""
+        if self.n_draws == 1:
+            return query(key)
+        answers = jax.vmap(query)(jax.random.split(key, self.n_draws))
+        return jax.tree.map(lambda answer: jnp.mean(answer, axis=0), answers)
+
+    def logits(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        """The (mean) logits at the batch ``x``."""
+        return self._average_over_draws(lambda k: self.logits_fn(x, k), key)
+
+    def loss_and_grad(self, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+                      key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(logits, losses, grads)``: logits (batch, classes), per-example losses (batch,) and the gradient
+        of each example's loss with respect to its own input (batch, ...), all averaged over the draws."""
+
+        def one_draw(k):
+            if self.gradient_logits_fn is None:
+                def total_loss(inputs):
+                    logits = self.logits_fn(inputs, k)
+                    losses = loss_fn(logits, y)
+                    return jnp.sum(losses), (logits, losses)
+
+                (_, (logits, losses)), grads = jax.value_and_grad(total_loss, has_aux=True)(x)
+                return logits, losses, grads
+            grads = jax.grad(lambda inputs: jnp.sum(loss_fn(self.gradient_logits_fn(inputs, k), y)))(x)
+            logits = self.logits_fn(x, k)
+            return logits, loss_fn(logits, y), grads
+
+        return self._average_over_draws(one_draw, key)
+
+    def logits_and_jacobian(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(logits, jacobian)``: logits (batch, classes) and ``d z_c / d x`` of each example with respect to
+        its own input, shape (classes, batch, ...): one forward pass and a vmapped backward pass per class."""
+
+        def one_draw(k):
+            differentiated = self.gradient_logits_fn or self.logits_fn
+            logits, pullback = jax.vjp(lambda inputs: differentiated(inputs, k), x)
+            num_classes = logits.shape[-1]
+            cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
+                                          (num_classes,) + logits.shape)
+            (jacobian,) = jax.vmap(pullback)(cotangents)
+            if self.gradient_logits_fn is not None:
+                logits = self.logits_fn(x, k)
+            return logits, jacobian
+
+        return self._average_over_draws(one_draw, key)
+
+    def num_classes(self, x: jax.Array, key: jax.Array) -> int:
+        """The number of logits the model gives for the batch ``x`` (from shapes alone, nothing computed)."""
+        shape = jax.eval_shape(self.logits_fn, x, key).shape
+        if len(shape) != 2 or shape[0] != jnp.shape(x)[0]:
+            raise ValueError(f"logits_fn must map a batch of {jnp.shape(x)[0]} inputs to logits of shape "
+                             f"(batch, classes), got shape {shape}")
+        return shape[1]
+
+
+def deterministic(logits_fn: LogitsFn, gradient_logits_fn: LogitsFn | None = None) -> Oracle:
+    """The oracle of a deterministic model ``logits_fn(x) -> logits``."""
+    return Oracle(_IgnoringKey(logits_fn), None if gradient_logits_fn is None else _IgnoringKey(gradient_logits_fn))
+
+
+def randomised(logits_fn: RandomisedLogitsFn, n_draws: int,
+               gradient_logits_fn: RandomisedLogitsFn | None = None) -> Oracle:
+    """The EOT oracle of a randomised model ``logits_fn(x, key) -> logits``, averaging ``n_draws`` draws."""
+    return Oracle(logits_fn, gradient_logits_fn, n_draws)
+
+
+def as_oracle(logits_fn: LogitsFn | Oracle, gradient_logits_fn: LogitsFn | None = None) -> Oracle:
+    """``logits_fn`` as an oracle: an `Oracle` passes through (then ``gradient_logits_fn`` must be None)."""
+    if isinstance(logits_fn, Oracle):
+        if gradient_logits_fn is not None:
+            raise ValueError("pass gradient_logits_fn to the Oracle itself, not beside it")
+        return logits_fn
+    if not callable(logits_fn):
+        raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
+    return deterministic(logits_fn, gradient_logits_fn)

@@ -1,0 +1,114 @@
+"""Projected gradient descent (Madry et al. 2018, "Towards deep learning models resistant to adversarial
+attacks"), L-inf and L2.
+
+Each restart starts at a uniform random point of the eps-ball (optional) and repeats
+
+    x_{t+1} = P_S(x_t + u_t),
+
+where ``u_t`` comes from the loss gradient ``g_t = grad_x L(f(x_t), y)`` by a step rule and ``P_S`` projects
+onto the eps-ball ∩ domain (`andor_jax.attacks.common.project`):
+
+- ``'sign'``: ``u_t = alpha * d_t`` with ``d_t`` the steepest-ascent direction of the norm
+  (``sign(g_t)`` for L-inf, ``g_t / ||g_t||_2`` for L2);
+- ``'adadelta'``: AdaDelta (Zeiler 2012; rho 0.9, eps 1e-6, learning rate ``alpha``) ascending the loss, the
+  rule of the MWD paper's PGD (Agrawal, de Alfaro & Helmbold).
+
+An input counts as broken if any evaluated point of any restart (the clean input included) is misclassified.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from andor_jax.attacks import common
+from andor_jax.attacks.losses import LOSSES
+from andor_jax.attacks.oracle import LogitsFn, Oracle
+
+STEP_RULES = ("sign", "adadelta")
+STEP_SIZE_FACTOR = 2.5  # default alpha = 2.5 eps / steps for the sign rule (Madry et al. 2018)
+
+
+def ascent_rule(step_rule: str, norm: str, step_size) -> optax.GradientTransformation:
+    """The step rule as an optax transformation mapping loss gradients to the update ``u_t`` that is added
+    to the iterate (ascent, not descent)."""
+    if step_rule == "sign":
+        return optax.stateless(lambda grads, params: step_size * common.steepest_direction(grads, norm))
+    return optax.chain(optax.scale(-1.0), optax.adadelta(step_size, rho=0.9, eps=1e-6))
+
+
+def default_step_size(step_rule: str, eps, steps: int):
+    """``2.5 eps / steps`` for the sign rule, so that a restart can cross the ball; 1 (the MWD paper's
+    learning rate) for AdaDelta."""
+    return STEP_SIZE_FACTOR * eps / steps if step_rule == "sign" else 1.0
+
+
+@functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "restarts", "random_start", "loss",
+                                             "step_rule"))
+def _pgd(oracle: Oracle, x, y, key, eps, step_size, domain, *, norm, steps, restarts, random_start, loss,
+         step_rule) -> common.AttackResult:
+    loss_fn = LOSSES[loss]
+    rule = ascent_rule(step_rule, norm, step_size)
+    clean_key, restarts_key = jax.random.split(key)
+    clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
+
+    def one_restart(restart_key):
+        start_key, steps_key, final_key = jax.random.split(restart_key, 3)
+        x_start = common.random_start(start_key, x, eps, domain, norm) if random_start else x
+
+        def step(carry, step_key):
+            x_t, rule_state, found, broken = carry
+            logits, _, grads = oracle.loss_and_grad(loss_fn, x_t, y, step_key)
+            found, broken = common.record_misclassified(found, broken, x_t, logits, y)
+            updates, rule_state = rule.update(grads, rule_state)
+            return (common.project(x_t + updates, x, eps, domain, norm), rule_state, found, broken), None
+
+        carry = (x_start, rule.init(x_start), x, clean_broken)
+        (x_last, _, found, broken), _ = jax.lax.scan(step, carry, jax.random.split(steps_key, steps))
+        logits = oracle.logits(x_last, final_key)
+        found, broken = common.record_misclassified(found, broken, x_last, logits, y)
+        return jnp.where(common.per_example(broken, x), found, x_last), broken, loss_fn(logits, y)
+
+    x_adv, broken, final_loss = jax.vmap(one_restart)(jax.random.split(restarts_key, restarts))
+    return common.best_of_restarts(x_adv, broken, final_loss)
+
+
+def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
+        domain=(0.0, 1.0), norm: str = "linf", steps: int = 40, restarts: int = 1, step_size=None,
+        random_start: bool = True, loss: str = "ce", step_rule: str = "sign",
+        gradient_logits_fn: LogitsFn | None = None) -> common.AttackResult:
+    """PGD with restarts (vmapped) against ``logits_fn``.
+
+    Args:
+      logits_fn: the model, ``x -> logits`` of shape (batch, classes), or an `Oracle` (see `eot`).
+      x: (batch, ...) inputs inside ``domain``.
+      y: (batch,) integer labels.
+      key: PRNG key for the random starts (and the draws of a randomised model).
+      eps: radius of the ball in the ``norm``.
+      domain: the input box ``(lo, hi)``.
+      norm: ``'linf'`` or ``'l2'``.
+      steps: gradient steps per restart.
+      restarts: independent random starts, run in parallel.
+      step_size: ``alpha`` (the sign rule's step length, AdaDelta's learning rate); None picks
+        `default_step_size`.
+      random_start: start at a uniform point of the ball rather than at ``x``.
+      loss: ``'ce'``, ``'margin'``, ``'squared'`` or ``'dlr'`` (`andor_jax.attacks.losses`).
+      step_rule: ``'sign'`` or ``'adadelta'`` (see the module docstring).
+      gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values; BPDA,
+        pseudo-gradients).
+
+    Returns:
+      An `AttackResult`.
+    """
+    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
+                                    gradient_logits_fn=gradient_logits_fn)
+    common.check_positive_int("steps", steps)
+    common.check_positive_int("restarts", restarts)
+    common.check_choice("step_rule", step_rule, STEP_RULES)
+    if step_size is None:
+        step_size = default_step_size(step_rule, eps, steps)
+    common.check_non_negative("step_size", step_size)
+    return _pgd(oracle, x, y, key, eps, step_size, domain, norm=norm, steps=steps, restarts=restarts,
+                random_start=bool(random_start), loss=loss, step_rule=step_rule)

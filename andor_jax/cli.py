@@ -72,34 +72,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
-    from andor_jax import experiment, evaluation  # imported late: `--help` stays fast
-
     try:
-        if args.command == "train":
-            config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-            experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
-            print(f"trained; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
-        elif args.command == "evaluate":
-            paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, attacks=args.attacks,
-                                        eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
-                                        certify=args.certify, pseudo_gradient_attacks=args.psd,
-                                        progress=not args.no_progress)
-            print(f"report: {paths['md']}")
-        elif args.command == "certify":
-            paths = evaluation.certify(args.workdir, data_dir=args.data_dir,
-                                       eps=parse_eps(args.eps) if args.eps else None, limit=args.limit)
-            print(f"report: {paths['md']}")
-        elif args.command == "run":
-            config = config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)
-            experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
-            paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
-            print(f"\nDone. Report: {paths['md']}\n")
-            print(pathlib.Path(paths["md"]).read_text())
+        return run_command(args, overrides)
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError) as err:
         print(f"andor-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    from andor_jax import experiment  # imported here so that `--help` stays fast
+
+    if args.command == "train":
+        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+        print(f"trained; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
+        return 0
+    from andor_jax import evaluation
+
+    if args.command == "evaluate":
+        paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, attacks=args.attacks,
+                                    eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
+                                    certify=args.certify, pseudo_gradient_attacks=args.psd,
+                                    progress=not args.no_progress)
+        print(f"report: {paths['md']}")
+    elif args.command == "certify":
+        paths = evaluation.certify(args.workdir, data_dir=args.data_dir,
+                                   eps=parse_eps(args.eps) if args.eps else None, limit=args.limit)
+        print(f"report: {paths['md']}")
+    elif args.command == "run":
+        config = config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)
+        experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+        paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+        print(f"\nDone. Report: {paths['md']}\n")
+        print(pathlib.Path(paths["md"]).read_text())
     return 0
 
 

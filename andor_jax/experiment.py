@@ -14,6 +14,7 @@ import json
 import pathlib
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -55,8 +56,10 @@ class Experiment:
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None) -> data.Dataset:
-    dataset = data.load_dataset(config.dataset, data_dir, domain=tuple(config.domain), flatten=config.flatten,
-                                source=config.source)
+    with warnings.catch_warnings():  # the notice is printed once below instead
+        warnings.simplefilter("ignore", data.SampleDataWarning)
+        dataset = data.load_dataset(config.dataset, data_dir, domain=tuple(config.domain),
+                                    flatten=config.flatten, source=config.source)
     if dataset.notice:
         print(dataset.notice, file=sys.stderr)
     if config.limit_train or config.limit_test:
@@ -147,7 +150,7 @@ def variables_of(state: train.TrainState) -> dict:
 def accuracy(apply_fn, variables: PyTree, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
     """Fraction of ``x`` classified as ``y``, in batches (the last one may be smaller)."""
     correct = 0
-    for xb, yb in data.batches(x, y, batch_size, shuffle=False, drop_remainder=False):
+    for xb, yb in data.eval_batches(x, y, batch_size):
         correct += int(jnp.sum(jnp.argmax(apply_fn(variables, xb), -1) == yb))
     return correct / len(x)
 

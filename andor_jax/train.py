@@ -121,11 +121,9 @@ def apply_model(model: models.Sequential, params: PyTree, model_state: PyTree, x
     """Forward pass that threads the non-parameter collections: returns ``(outputs, new_model_state)``."""
     variables = {"params": params, **model_state}
     rngs = {"dropout": key} if key is not None else None
-    mutable = list(model_state) if train else False
-    result = model.apply(variables, x, train=train, rho=rho, rngs=rngs, mutable=mutable)
-    if train and mutable:
-        return result
-    return result, model_state
+    if train and model_state:
+        return model.apply(variables, x, train=True, rho=rho, rngs=rngs, mutable=list(model_state))
+    return model.apply(variables, x, train=train, rho=rho, rngs=rngs), model_state
 
 
 def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:

@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.epochs = 30
     config.train.batch_size = 100
     config.train.loss = "cross_entropy"    # cross_entropy | squared_error
+    config.train.objective = "supervised"  # how gradients are made (train.OBJECTIVES)
+    config.train.gradient_transforms = ""  # comma-separated, before the optimiser (train.GRADIENT_TRANSFORMS)
     config.train.optimizer = "adadelta"    # adadelta | adam | radam | sgd
     config.train.learning_rate = 1.0
     config.train.momentum = 0.9            # sgd only

@@ -44,7 +44,7 @@ class Experiment:
         return data.num_batches(len(self.dataset.x_train), self.config.train.batch_size, drop_remainder=True)
 
     def objective(self) -> train.Objective:
-        return train.supervised_objective(self.model, train.get_loss(self.config.train.loss))
+        return train.make_objective(self.model, self.config.train)
 
     def init_state(self) -> train.TrainState:
         return train.init_state(self.model, self.optimizer, self.dataset.x_train[:1], self.config.seed,

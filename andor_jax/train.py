@@ -71,7 +71,28 @@ def get_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
 
 # ------------------------------------------------------------------------------------------- optimisers
 
+GRADIENT_TRANSFORMS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransformation]] = {
+    "clip_by_global_norm": lambda config: optax.clip_by_global_norm(config.get("max_grad_norm", 1.0)),
+}
+
+
+def register_gradient_transform(name: str,
+                                factory: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]) -> None:
+    """Makes ``factory(train_config)`` usable as ``train.gradient_transforms = "name,..."`` in a config."""
+    GRADIENT_TRANSFORMS[name] = factory
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The gradient transformations named in ``config.gradient_transforms`` (comma-separated, applied in
+    order), then the optimiser named by ``config.optimizer``."""
+    names = [n for n in config.get("gradient_transforms", "").split(",") if n]
+    unknown = [n for n in names if n not in GRADIENT_TRANSFORMS]
+    if unknown:
+        raise ValueError(f"unknown gradient transform(s) {unknown}; known: {sorted(GRADIENT_TRANSFORMS)}")
+    return optax.chain(*(GRADIENT_TRANSFORMS[n](config) for n in names), make_base_optimizer(config))
+
+
+def make_base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The optax optimiser named by ``config.optimizer`` (adadelta, adam, radam, sgd) with
     ``config.learning_rate`` and its own settings (``momentum`` and ``nesterov`` for sgd; ``rho`` and
     ``eps`` for adadelta, defaulting to the 0.9 / 1e-6 of the MWD authors' PyTorch code)."""
@@ -114,6 +135,24 @@ def supervised_objective(model: models.Sequential, loss: Callable[[jax.Array, ja
         return grads, new_state, {"loss": value, "accuracy": accuracy(outputs, y)}
 
     return objective
+
+
+OBJECTIVES: dict[str, Callable[[models.Sequential, ml_collections.ConfigDict], Objective]] = {
+    "supervised": lambda model, config: supervised_objective(model, get_loss(config.loss)),
+}
+
+
+def register_objective(name: str,
+                       factory: Callable[[models.Sequential, ml_collections.ConfigDict], Objective]) -> None:
+    """Makes ``factory(model, train_config) -> objective`` usable as ``train.objective = name``."""
+    OBJECTIVES[name] = factory
+
+
+def make_objective(model: models.Sequential, config: ml_collections.ConfigDict) -> Objective:
+    name = config.get("objective", "supervised")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](model, config)
 
 
 def apply_model(model: models.Sequential, params: PyTree, model_state: PyTree, x: jax.Array, *,

@@ -52,6 +52,11 @@ class Dense(nn.Module):
         kernel = params["kernel"]
         return linear(lambda c: c @ kernel, lambda r: r @ jnp.abs(kernel), params.get("bias"), bounds)
 
+    def affine(self) -> tuple[jax.Array, jax.Array | None]:
+        """The layer as ``(W, b)`` with ``y = x W + b``; certification bounds logit margins through it."""
+        params = self.variables["params"]
+        return params["kernel"], params.get("bias")
+
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str) -> jax.Array:
     """2-D convolution of NHWC inputs with an HWIO kernel."""

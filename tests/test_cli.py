@@ -1,0 +1,78 @@
+"""The command line end to end on synthetic IDX files: train, resume, evaluate, certify, errors."""
+import json
+
+import pytest
+
+from andor_jax import cli, config as config_lib
+
+SMALL = ["--config.model.hidden=(32,)", "--config.train.epochs=1", "--config.train.batch_size=40",
+         "--config.evaluate.limit=60", "--config.evaluate.batch_size=60"]
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, synthetic_mnist_dir):
+    workdir = tmp_path_factory.mktemp("cli_run")
+    code = cli.main(["train", "--config", "relu_mlp_mnist", "--workdir", str(workdir), "--data-dir",
+                     str(synthetic_mnist_dir), "--no-progress", *SMALL])
+    assert code == 0
+    return workdir
+
+
+def test_train_writes_config_checkpoints_and_metrics(trained_workdir):
+    saved = json.loads((trained_workdir / "config.json").read_text())
+    assert saved["model"]["hidden"] == [32] and saved["train"]["epochs"] == 1
+    assert any((trained_workdir / "checkpoints").iterdir())
+    assert json.loads((trained_workdir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+
+
+def test_evaluate_writes_a_report_with_attacks_and_certification(trained_workdir, synthetic_mnist_dir):
+    code = cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
+                     "--attacks", "fgsm,pgd", "--eps", "0.05,0.2", "--certify", "--no-progress"])
+    assert code == 0
+    report = json.loads((trained_workdir / "report.json").read_text())
+    assert report["n_examples"] == 60
+    assert 0.8 <= report["clean_accuracy"] <= 1.0
+    assert set(report["attacks"]) == {"fgsm", "pgd"}
+    for eps in ("0.05", "0.2"):
+        assert report["robust_accuracy"][eps] <= min(report["attacks"][a][eps] for a in ("fgsm", "pgd"))
+        assert report["certified_accuracy"][eps] <= report["robust_accuracy"][eps]
+    markdown = (trained_workdir / "report.md").read_text()
+    assert "certified" in markdown.lower() and "pgd" in markdown
+    assert (trained_workdir / "robustness.png").stat().st_size > 1000
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, synthetic_mnist_dir):
+    code = cli.main(["train", "--config", "relu_mlp_mnist", "--workdir", str(tmp_path), "--data-dir",
+                     str(synthetic_mnist_dir), "--config.train.epochz=3"])
+    assert code == 2
+    assert "unknown config key 'train.epochz'" in capsys.readouterr().err
+
+
+def test_unknown_config_name_lists_the_bundled_ones(tmp_path, capsys):
+    assert cli.main(["train", "--config", "nonexistent", "--workdir", str(tmp_path)]) == 2
+    assert "quickstart" in capsys.readouterr().err
+
+
+def test_evaluate_without_training_says_so(tmp_path, capsys):
+    assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
+    assert "train first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [("0.1:0.3:0.1", [0.1, 0.2, 0.3]), ("0.3", [0.3]),
+                                            ("0,0.05", [0.0, 0.05])])
+def test_eps_grid_parsing(text, expected):
+    assert cli.parse_eps(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["-0.1", "a:b:c", "0.1:0.3:0", ""])
+def test_bad_eps_grid_is_a_clear_error(text):
+    with pytest.raises(ValueError, match="eps grid"):
+        cli.parse_eps(text)
+
+
+def test_every_bundled_config_loads_and_builds_its_model():
+    from andor_jax import models
+
+    for name in config_lib.bundled_configs():
+        config = config_lib.load_config(name)
+        models.build_model(config.model)

@@ -10,7 +10,8 @@ only, and ``exp(-z)`` is flat far from the centre.  The paper replaces two deriv
 A mixing parameter ``rho`` in ``[0, 1]`` interpolates the two (the paper's decayed schedule): each primitive
 passes back ``rho * pseudo + (1 - rho) * true`` times the incoming cotangent.  ``rho`` is an ordinary traced
 argument, so a schedule that changes it recompiles nothing; its own cotangent is zero (it is a switch, not a
-parameter).  ``rho = None`` means ``0``: the true derivative.  The forward values never depend on ``rho``.
+parameter).  ``rho = None`` means ``0``: the true derivative; values outside ``[0, 1]`` are clipped.
+The forward values never depend on ``rho``.
 
 Both primitives are `jax.custom_vjp` functions, so they support reverse mode (grad, vjp) under jit and vmap,
 but not forward mode (jvp, hessian).
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 
 def as_rho(rho, dtype) -> jax.Array:
-    """``rho`` as a scalar array of ``dtype`` (``None`` is the true derivative, ``0``).
+    """``rho`` as a scalar array of ``dtype``, clipped to ``[0, 1]`` (``None`` is the true derivative, ``0``).
 
     Raises:
       ValueError: if ``rho`` is not a scalar.
@@ -32,7 +33,7 @@ def as_rho(rho, dtype) -> jax.Array:
     rho = jnp.asarray(0.0 if rho is None else rho, dtype=dtype)
     if rho.ndim != 0:
         raise ValueError(f"rho must be a scalar in [0, 1], got an array of shape {rho.shape}")
-    return rho
+    return jnp.clip(rho, 0, 1)
 
 
 def pseudo_exp_derivative(z: jax.Array, y: jax.Array, rho: jax.Array) -> jax.Array:
@@ -40,20 +41,24 @@ def pseudo_exp_derivative(z: jax.Array, y: jax.Array, rho: jax.Array) -> jax.Arr
     return -(rho * jax.lax.rsqrt(1 + z) + (1 - rho) * y)
 
 
-def argmax_share(z: jax.Array, z_max: jax.Array, axis: int) -> jax.Array:
-    """True derivative of ``max`` along ``axis``: ``[z_i = max z] / #{j : z_j = max z}``.
+def tie_counts(z: jax.Array, z_max: jax.Array, axis: int) -> jax.Array:
+    """``#{j : z_j = max z}`` along ``axis`` (kept, size 1); ``z_max`` has ``axis`` kept."""
+    return jnp.sum(z == z_max, axis=axis, keepdims=True).astype(z.dtype)
+
+
+def argmax_share(z: jax.Array, z_max: jax.Array, ties: jax.Array) -> jax.Array:
+    """True derivative of ``max``: ``[z_i = max z] / ties`` with ``ties`` the number of tied maxima.
 
     Tie rule: the cotangent is split equally between tied maxima, the rule `jax.grad` of `jnp.max` uses, so
-    the true mode agrees with plain autodiff everywhere, ties included.  ``z_max`` has ``axis`` kept (size 1).
+    the true mode agrees with plain autodiff everywhere, ties included.
     """
-    hits = (z == z_max).astype(z.dtype)
-    return hits / jnp.sum(hits, axis=axis, keepdims=True)
+    return jnp.where(z == z_max, 1 / ties, 0)
 
 
-def shared_feedback_weights(z: jax.Array, z_max: jax.Array, rho: jax.Array, axis: int) -> jax.Array:
+def shared_feedback_weights(z: jax.Array, z_max: jax.Array, rho: jax.Array, ties: jax.Array) -> jax.Array:
     """Mixed derivative of ``max_j z_j`` with respect to every ``z_i``:
-    ``rho * exp(z_i - max z) + (1 - rho) * argmax_share(z)_i``.  ``z_max`` has ``axis`` kept."""
-    return rho * jnp.exp(z - z_max) + (1 - rho) * argmax_share(z, z_max, axis)
+    ``rho * exp(z_i - max z) + (1 - rho) * argmax_share(z)_i``."""
+    return rho * jnp.exp(z - z_max) + (1 - rho) * argmax_share(z, z_max, ties)
 
 
 @jax.custom_vjp
@@ -96,7 +101,8 @@ def _shared_feedback_max_fwd(z, rho, axis):
 
 def _shared_feedback_max_bwd(axis, residuals, g):
     z, z_max, rho = residuals
-    weights = shared_feedback_weights(z, jnp.expand_dims(z_max, axis), rho, axis)
+    z_max = jnp.expand_dims(z_max, axis)
+    weights = shared_feedback_weights(z, z_max, rho, tie_counts(z, z_max, axis))
     return jnp.expand_dims(g, axis) * weights, jnp.zeros_like(rho)
 
 

@@ -1,0 +1,318 @@
+"""MWD (max-of-weighted-distance) layers: Agrawal, de Alfaro & Helmbold, "Enhancing the robustness of
+neural networks through MWD units" (eq. 1-2, sec. 3.1 and 4).
+
+A unit with parameters ``u, w`` (one row of the (out, in) matrices) maps ``x`` to
+
+    U(u, w)(x) = exp(-max_i (u_i (x_i - w_i))^2)          in (0, 1],
+
+an AND-like gate that is 1 only near the centre ``w`` in the coordinates with large scale ``u``.  Its
+negation ``1 - U`` is NAND-like.  Layers hold units of one kind: ``'u'``, ``'neg'``, or ``'mixed'``, where
+a fixed random bit ``a`` per unit, drawn once at init, picks ``y + a (1 - 2 y)``.
+
+Training uses the pseudo-gradient of `andor_jax.pseudograd` (pseudo-exp after shared-feedback max), mixed
+with the true gradient by ``rho``.  `mwd_unit` computes it in one fused `jax.custom_vjp` that never stores
+the (batch, out, in) tensor of squared distances: the backward pass recomputes it chunk by chunk.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from andor_jax.interval import Interval
+from andor_jax.layers.standard import Flatten
+from andor_jax.models import register
+from andor_jax.pseudograd import (argmax_share, as_rho, pseudo_exp, pseudo_exp_derivative,
+                                  shared_feedback_max, shared_feedback_weights)
+
+KINDS = ("u", "neg", "mixed")
+U_INIT_RANGE = (0.2, 0.7)
+W_INIT_RANGE = (0.0, 1.0)
+U_CLIP = (0.01, 3.0)
+W_CLIP = (0.0, 1.0)
+# Elements of one chunk of the (batch, out, in) recomputation in the backward pass: about 4 MiB of float32,
+# so that a chunk stays in cache on a CPU; accelerators prefer few large chunks.
+CPU_CHUNK_ELEMENTS = 2**20
+ACCELERATOR_CHUNK_ELEMENTS = 2**28
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The unit: forward, fused pseudo-gradient, reference composition
+
+
+def scaled_difference(x: jax.Array, u: jax.Array, w: jax.Array) -> jax.Array:
+    """``u (x - w)`` (broadcasting).  Every rule squares this same expression, so the forward pass and the
+    recomputation in the backward pass agree bit for bit (the argmax is found by equality)."""
+    return u * (x - w)
+
+
+def max_square_distance(x: jax.Array, u: jax.Array, w: jax.Array) -> jax.Array:
+    """``m[b, o] = max_i (u[o, i] (x[b, i] - w[o, i]))^2`` for ``x`` (batch, in), ``u, w`` (out, in): one
+    reduction over the last (input) axis of a (batch, out, in) expression that XLA fuses into the loop."""
+    return jnp.max(jnp.square(scaled_difference(x[:, None, :], u, w)), axis=-1)
+
+
+def mwd_composed(x: jax.Array, u: jax.Array, w: jax.Array, rho=None) -> jax.Array:
+    """The unit as the composition ``pseudo_exp(shared_feedback_max((u (x - w))^2))`` of the primitives,
+    the authors' formulation.  It materialises (batch, out, in) and keeps it for the backward pass: the
+    reference that `mwd_unit` is tested against, and the naive variant of ``benchmarks/bench_mwd.py``."""
+    rho = as_rho(rho, x.dtype)
+    z = jnp.square(scaled_difference(x[:, None, :], u, w))
+    return pseudo_exp(shared_feedback_max(z, rho, axis=-1), rho)
+
+
+def default_chunk_elements() -> int:
+    """`CPU_CHUNK_ELEMENTS` on the CPU, else `ACCELERATOR_CHUNK_ELEMENTS`."""
+    return CPU_CHUNK_ELEMENTS if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+
+
+def chunk_rows(n: int, row_elements: int, chunk_elements: int) -> int:
+    """Rows per chunk so that a chunk of ``row_elements``-element rows holds about ``chunk_elements``
+    elements (at least one row), evened out so that the last chunk is nearly full."""
+    chunks = math.ceil(n / max(1, min(n, chunk_elements // max(1, row_elements))))
+    return math.ceil(n / chunks)
+
+
+def map_chunks(fn, arrays: tuple, rows: int):
+    """``fn`` applied (with `lax.map`, one after another) to consecutive chunks of ``rows`` leading-axis
+    rows of every array in ``arrays``; the outputs' chunks are joined and cut back to the original length.
+    The last chunk is padded with zeros, so ``fn`` must keep rows independent."""
+    n = arrays[0].shape[0]
+    chunks = math.ceil(n / rows)
+
+    def chunked(a):
+        a = jnp.pad(a, ((0, chunks * rows - n),) + ((0, 0),) * (a.ndim - 1))
+        return a.reshape(chunks, rows, *a.shape[1:])
+
+    outputs = lax.map(fn, tuple(chunked(a) for a in arrays))
+    return jax.tree.map(lambda a: a.reshape(chunks * rows, *a.shape[2:])[:n], outputs)
+
+
+def argmax_counts(x: jax.Array, u: jax.Array, w: jax.Array, m: jax.Array, chunk_elements: int) -> jax.Array:
+    """``#{i : z[b, o, i] = m[b, o]}``, the number of tied maxima, for the true derivative.
+
+    Recomputed a few batch rows at a time: summing a (batch, out, in) mask in one go materialises it in
+    XLA:CPU.  Bit-identical recomputation makes every count at least 1; the floor keeps that explicit.
+    """
+    def count(args):
+        xc, mc = args
+        hits = jnp.square(scaled_difference(xc[:, None, :], u, w)) == mc[..., None]
+        return jnp.sum(hits.astype(x.dtype), axis=-1)
+
+    return jnp.maximum(map_chunks(count, (x, m), chunk_rows(x.shape[0], u.size, chunk_elements)), 1)
+
+
+def blocked_gradients(weights_fn, x, u, w, m, dm, chunk_elements: int):
+    """Cotangents of ``x, u, w`` given the cotangent ``dm`` (batch, out) of ``m = max_i z_i`` and the
+    per-element derivative ``weights_fn(z, m) ~ dm/dz_i`` (the shared-feedback/argmax mixture).
+
+    With ``a = u (x - w)``, ``z = a^2`` and ``h = dm * weights * 2 a`` (the cotangent of ``a``):
+
+        dx[b, i] = sum_o h u,    du[o, i] = sum_b h (x - w),    dw[o, i] = -u sum_b h.
+
+    Both reductions keep the input axis, so it is cut into chunks processed one after another, each laid
+    out (in, batch, out) so that neither reduction runs over the major axis (slow in XLA:CPU).  A chunk is
+    a cache-sized temporary; nothing of size (batch, out, in) is ever stored.
+    """
+    def block(args):
+        xc, uc, wc = args  # (chunk, batch), (chunk, out), (chunk, out)
+        diff = xc[:, :, None] - wc[:, None, :]
+        a = uc[:, None, :] * diff  # = scaled_difference, spelt out to reuse diff
+        h = weights_fn(jnp.square(a), m[None]) * (2 * dm)[None] * a
+        return jnp.sum(h * uc[:, None, :], axis=2), jnp.sum(h * diff, axis=1), jnp.sum(h, axis=1)
+
+    rows = chunk_rows(x.shape[1], x.shape[0] * u.shape[0], chunk_elements)
+    dx, du, h_sum = map_chunks(block, (x.T, u.T, w.T), rows)
+    return dx.T, du.T, -u * h_sum.T
+
+
+def mwd_backward(x, u, w, m, rho, g, chunk_elements: int):
+    """Cotangents of ``(x, u, w)`` for ``y = exp(-m)``, ``m = max_i (u_i (x_i - w_i))^2``, given ``g = dL/dy``.
+
+    ``dL/dm = g (rho (-1 / sqrt(1 + m)) + (1 - rho) (-y))`` and ``dm/dz_i = rho exp(z_i - m) + (1 - rho)
+    [z_i = m] / #ties``: the chain rule through `andor_jax.pseudograd`'s two primitives.  A `lax.switch`
+    on ``rho`` skips the part with weight zero: the pure pseudo-gradient (``rho = 1``) needs no tie count,
+    the true gradient (``rho = 0``) no exponentials.
+    """
+    dm = g * pseudo_exp_derivative(m, jnp.exp(-m), rho)
+
+    def gradients(weights_fn):
+        return blocked_gradients(weights_fn, x, u, w, m, dm, chunk_elements)
+
+    def true_grads():
+        ties = argmax_counts(x, u, w, m, chunk_elements)[None]
+        return gradients(lambda z, zmax: argmax_share(z, zmax, ties))
+
+    def mixed_grads():
+        ties = argmax_counts(x, u, w, m, chunk_elements)[None]
+        return gradients(lambda z, zmax: shared_feedback_weights(z, zmax, rho, ties))
+
+    def pseudo_grads():
+        return gradients(lambda z, zmax: jnp.exp(z - zmax))
+
+    branch = jnp.where(rho >= 1, 2, jnp.where(rho > 0, 1, 0))
+    return lax.switch(branch, (true_grads, mixed_grads, pseudo_grads))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _mwd_unit(x, u, w, rho, chunk_elements):
+    return jnp.exp(-max_square_distance(x, u, w))
+
+
+def _mwd_unit_fwd(x, u, w, rho, chunk_elements):
+    m = max_square_distance(x, u, w)
+    return jnp.exp(-m), (x, u, w, m, rho)
+
+
+def _mwd_unit_bwd(chunk_elements, residuals, g):
+    x, u, w, m, rho = residuals
+    return (*mwd_backward(x, u, w, m, rho, g, chunk_elements), jnp.zeros_like(rho))
+
+
+_mwd_unit.defvjp(_mwd_unit_fwd, _mwd_unit_bwd)
+
+
+def mwd_unit(x: jax.Array, u: jax.Array, w: jax.Array, rho=None, chunk_elements: int | None = None) -> jax.Array:
+    """A layer of MWD units, ``y[..., o] = exp(-max_i (u[o, i] (x[..., i] - w[o, i]))^2)``.
+
+    The backward pass is the pseudo-gradient mixed with the true gradient by ``rho`` (1 pure pseudo,
+    0 or None true), equal to the chain rule through `mwd_composed` but fused: the residuals are ``x``,
+    ``u``, ``w`` and ``m`` (O(batch in + out in + batch out)), and the (batch, out, in) tensor is recomputed
+    in cache-sized chunks (`blocked_gradients`).  Reverse mode only (a `jax.custom_vjp`).
+
+    Args:
+      x: inputs (..., in).
+      u, w: scales and centres, (out, in).
+      rho: scalar pseudo-gradient mixing in [0, 1] (traced; changing it recompiles nothing).
+      chunk_elements: size of the backward pass's temporaries in elements (static); None picks
+        `default_chunk_elements` (cache-sized on the CPU).
+    Returns:
+      (..., out) outputs in (0, 1].
+    """
+    if u.ndim != 2 or u.shape != w.shape or x.ndim < 1 or x.shape[-1] != u.shape[1]:
+        raise ValueError(f"MWD units need x (..., in) and u, w (out, in); got x {x.shape}, u {u.shape}, "
+                         f"w {w.shape}")
+    flat = x.reshape(-1, x.shape[-1])
+    y = _mwd_unit(flat, u, w, as_rho(rho, x.dtype), chunk_elements or default_chunk_elements())
+    return y.reshape(*x.shape[:-1], u.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interval rule
+
+
+def mwd_interval(bounds: Interval, u: jax.Array, w: jax.Array) -> Interval:
+    """Exact output box of MWD units ``U(u, w)`` over the input box ``[l, r]`` (paper, sec. 4).
+
+    Per input, ``(u_i (x_i - w_i))^2`` is convex in ``x_i``: its maximum over ``[l_i, r_i]`` sits at an
+    endpoint, ``sq_max_i = max((u_i (l_i - w_i))^2, (u_i (r_i - w_i))^2)``, its minimum is ``sq_min_i = 0``
+    if ``l_i <= w_i <= r_i``, else the smaller endpoint value.  The inputs vary independently and
+    ``exp(-max)`` is decreasing, so the unit ranges exactly over
+
+        [exp(-max_i sq_max_i), exp(-max_i sq_min_i)].
+
+    Rounding of the squares is monotone, so the box is sound in floating point up to the rounding of ``exp``
+    (XLA may evaluate it an ulp apart in different programs); a degenerate box gives the forward value.
+    Two fused reductions over the input axis, no stored (batch, out, in) tensor.
+    """
+    lower = bounds.lower.reshape(-1, bounds.lower.shape[-1])[:, None, :]
+    upper = bounds.upper.reshape(-1, bounds.upper.shape[-1])[:, None, :]
+    sq_lower = jnp.square(scaled_difference(lower, u, w))
+    sq_upper = jnp.square(scaled_difference(upper, u, w))
+    sq_max = jnp.max(jnp.maximum(sq_lower, sq_upper), axis=-1)
+    contains_centre = (lower <= w) & (w <= upper)
+    sq_min = jnp.max(jnp.where(contains_centre, 0, jnp.minimum(sq_lower, sq_upper)), axis=-1)
+    shape = (*bounds.lower.shape[:-1], u.shape[0])
+    return Interval(jnp.exp(-sq_max).reshape(shape), jnp.exp(-sq_min).reshape(shape))
+
+
+def negated(y: jax.Array, negate) -> jax.Array:
+    """``y + a (1 - 2 y)`` for bits ``a``: ``1 - y`` where ``negate`` is set, else ``y`` (written as a
+    select, so that ``1 - y`` is exactly what the interval rule bounds)."""
+    return jnp.where(negate, 1 - y, y)
+
+
+def negated_interval(bounds: Interval, negate) -> Interval:
+    """Exact image of a box under `negated`: ``[1 - r, 1 - l]`` where ``negate`` is set."""
+    return Interval(jnp.where(negate, 1 - bounds.upper, bounds.lower),
+                    jnp.where(negate, 1 - bounds.lower, bounds.upper))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer
+
+
+def uniform_between(low: float, high: float):
+    """Initialiser drawing uniformly from ``[low, high)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, low, high)
+
+    return init
+
+
+class MWD(nn.Module):
+    """A layer of ``features`` MWD units of one ``kind``: ``'u'`` (``U``), ``'neg'`` (``1 - U``) or
+    ``'mixed'`` (per unit, ``U`` or ``1 - U`` at random).
+
+    Parameters ``u`` and ``w``, (features, in), start as ``u ~ U(0.2, 0.7)``, ``w ~ U(0, 1)`` (the
+    authors' code).  A mixed layer draws its bits ``negate`` (features,) from the ``params`` RNG at init
+    and keeps them in the ``constants`` collection: outside ``params`` the optimiser never sees them, and
+    they travel with the other variables (pass every collection of ``init`` to ``apply``).
+    """
+
+    features: int
+    kind: str = "u"
+    has_pseudo_gradient = True  # class attribute, not a field: `models.call_layer` passes ``rho``
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, rho=None):
+        u = self.param("u", uniform_between(*U_INIT_RANGE), (self.features, x.shape[-1]))
+        w = self.param("w", uniform_between(*W_INIT_RANGE), (self.features, x.shape[-1]))
+        if self.kind == "mixed" and self.is_initializing():
+            self.variable("constants", "negate",
+                          lambda: jax.random.bernoulli(self.make_rng("params"), 0.5, (self.features,)))
+        return negated(mwd_unit(x, u, w, rho), self.negate_bits())
+
+    def negate_bits(self):
+        """Which units are negated: ``False`` ('u'), ``True`` ('neg') or the stored bits ('mixed')."""
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown MWD kind {self.kind!r}; choose one of {KINDS}")
+        if self.kind != "mixed":
+            return self.kind == "neg"
+        if not self.has_variable("constants", "negate"):
+            raise ValueError("a mixed MWD layer needs its 'constants' collection: pass every collection "
+                             "returned by init (not only 'params') to apply")
+        return self.variables["constants"]["negate"]
+
+    def interval(self, bounds: Interval) -> Interval:
+        params = self.variables["params"]
+        return negated_interval(mwd_interval(bounds, params["u"], params["w"]), self.negate_bits())
+
+    @staticmethod
+    def project(layer_params: dict) -> dict:
+        """The authors' post-step constraint: ``w`` clipped to [0, 1], ``u`` to [0.01, 3.0]."""
+        return {**layer_params, "u": jnp.clip(layer_params["u"], *U_CLIP),
+                "w": jnp.clip(layer_params["w"], *W_CLIP)}
+
+
+def mwd_network(hidden: Sequence[int] = (512, 512, 512), num_classes: int = 10,
+                kinds: Sequence[str] = ("u", "neg", "u", "neg")) -> tuple:
+    """The paper's MWD network: flatten, then one `MWD` layer per width in ``(*hidden, num_classes)``
+    with the matching entry of ``kinds``.  The outputs are used directly (no softmax) with a squared loss."""
+    widths = (*hidden, num_classes)
+    if len(kinds) != len(widths):
+        raise ValueError(f"mwd_network needs one kind per layer: {len(widths)} layers "
+                         f"(hidden={tuple(hidden)} + output) but kinds={tuple(kinds)}")
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"unknown MWD kind {kind!r}; choose one of {KINDS}")
+    return (Flatten(), *(MWD(width, kind) for width, kind in zip(widths, kinds)))
+
+
+register("mwd", mwd_network)

@@ -15,6 +15,8 @@ so with ``h`` in ``[c - r, c + r]`` its exact lower bound over that box is
 ``(w_y - w_k) . c + b_y - b_k - |w_y - w_k| . r``.  This is never looser, and usually much tighter, than
 the plain comparison ``lower(z_y) > upper(z_k)`` of the paper, which stays available as
 ``margin="plain"`` (the only choice when the last layer is not affine, e.g. an MWD output layer).
+Strictly increasing output activations (a sigmoid after the last affine layer) preserve the order of the
+outputs, so the margins are bounded before them.
 """
 from __future__ import annotations
 
@@ -75,10 +77,11 @@ def margin_lower_bounds(model: Sequential, variables, x: jax.Array, y: jax.Array
     """Lower bounds of ``z_y - z_k`` for every class ``k`` over the input box, shape (batch, classes);
     the entry ``k = y`` is ``+inf`` so that ``all(bounds > 0)`` means certified."""
     box = input_box(x, eps, domain)
-    last = model.layers[-1]
-    if margin == "affine" and not hasattr(last, "affine"):
-        raise ValueError(f"margin='affine' needs an affine last layer, but the last layer is "
-                         f"{type(last).__name__}; use margin='plain'")
+    affine_index = last_affine_layer(model)
+    if margin == "affine" and affine_index is None:
+        raise ValueError(f"margin='affine' needs an affine last layer (optionally followed by strictly "
+                         f"increasing activations), but the last layer is {type(model.layers[-1]).__name__}; "
+                         f"use margin='plain'")
     if margin not in ("affine", "plain"):
         raise ValueError(f"margin must be 'affine' or 'plain', not {margin!r}")
 
@@ -87,8 +90,8 @@ def margin_lower_bounds(model: Sequential, variables, x: jax.Array, y: jax.Array
             out = propagate_layers(module.layers, box)
             true_lower = jnp.take_along_axis(out.lower, y[:, None], axis=1)
             return true_lower - out.upper
-        hidden = propagate_layers(module.layers[:-1], box)
-        kernel, bias = module.layers[-1].affine()
+        hidden = propagate_layers(module.layers[:affine_index], box)
+        kernel, bias = module.layers[affine_index].affine()
         difference = kernel[:, y].T[:, :, None] - kernel[None]          # (batch, in, classes): w_y - w_k
         centre = jnp.einsum("bi,bik->bk", hidden.centre, difference)
         radius = jnp.einsum("bi,bik->bk", hidden.radius, jnp.abs(difference))
@@ -97,6 +100,14 @@ def margin_lower_bounds(model: Sequential, variables, x: jax.Array, y: jax.Array
 
     lower = model.apply(variables, box, method=bound)
     return jnp.where(jax.nn.one_hot(y, lower.shape[-1], dtype=bool), jnp.inf, lower)
+
+
+def last_affine_layer(model: Sequential) -> int | None:
+    """Index of the last affine layer if only order-preserving activations follow it, else None."""
+    index = len(model.layers) - 1
+    while index >= 0 and getattr(model.layers[index], "preserves_order", False):
+        index -= 1
+    return index if index >= 0 and hasattr(model.layers[index], "affine") else None
 
 
 def certified(model: Sequential, variables, x, y, eps, domain, margin: str = "affine") -> jax.Array:
@@ -112,7 +123,7 @@ def certified_accuracy(model: Sequential, variables, x: np.ndarray, y: np.ndarra
     ``margin=None`` picks ``"affine"`` when the last layer is affine, else ``"plain"``.
     """
     if margin is None:
-        margin = "affine" if hasattr(model.layers[-1], "affine") else "plain"
+        margin = "plain" if last_affine_layer(model) is None else "affine"
     if any(e < 0 for e in eps_grid):
         raise ValueError(f"eps must be >= 0, got {list(eps_grid)}")
     check = jax.jit(lambda v, xb, yb, e: certified(model, v, xb, yb, e, domain, margin))

@@ -58,12 +58,17 @@ def project(model: Sequential, params: dict) -> dict:
     return projected
 
 
-def mlp(hidden: Sequence[int] = (512, 512, 512), num_classes: int = 10, activation: str = "relu") -> tuple:
-    """Fully connected baseline: flatten, then ``Dense -> activation`` per hidden width, then the logits."""
+def mlp(hidden: Sequence[int] = (512, 512, 512), num_classes: int = 10, activation: str = "relu",
+        output_activation: str | None = None) -> tuple:
+    """Fully connected baseline: flatten, then ``Dense -> activation`` per hidden width, then the logits
+    (passed through ``output_activation`` when one is named, e.g. sigmoid outputs for a squared loss)."""
     layers: list[nn.Module] = [Flatten()]
     for width in hidden:
         layers += [Dense(width), Activation(activation)]
-    return (*layers, Dense(num_classes))
+    layers.append(Dense(num_classes))
+    if output_activation:
+        layers.append(Activation(output_activation))
+    return tuple(layers)
 
 
 def small_cnn(channels: Sequence[int] = (16, 32), dense: int = 128, num_classes: int = 10,

@@ -129,3 +129,18 @@ def test_certified_accuracy_is_monotone_in_eps_and_clean_at_zero():
     assert all(a >= b for a, b in zip(values, values[1:]))
     with pytest.raises(ValueError, match="eps must be >= 0"):
         bounds.certified_accuracy(model, variables, x, y, [-0.1], domain=(0.0, 1.0))
+
+
+def test_order_preserving_output_activation_does_not_change_the_certificate():
+    rng = np.random.default_rng(6)
+    core = (Dense(12), Activation("tanh"), Dense(4))
+    with_sigmoid = models.Sequential((*core, Activation("sigmoid")))
+    without = models.Sequential(core)
+    x = rng.uniform(size=(40, 5)).astype(np.float32)
+    variables = without.init(jax.random.key(7), x)
+    y = np.asarray(jnp.argmax(without.apply(variables, x), -1))
+    grid = [0.0, 0.02, 0.05, 0.2]
+    assert bounds.last_affine_layer(with_sigmoid) == 2
+    assert bounds.last_affine_layer(models.Sequential((*core, Activation("relu")))) is None
+    assert (bounds.certified_accuracy(with_sigmoid, variables, x, y, grid, domain=(0.0, 1.0))
+            == bounds.certified_accuracy(without, variables, x, y, grid, domain=(0.0, 1.0)))

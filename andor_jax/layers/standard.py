@@ -90,10 +90,19 @@ class Conv(nn.Module):
                       params.get("bias"), bounds)
 
 
+STRICTLY_INCREASING = frozenset({"leaky_relu", "sigmoid", "tanh", "softplus", "identity"})
+
+
 class Activation(nn.Module):
     """Elementwise activation chosen by name (one of `ACTIVATIONS`)."""
 
     kind: str = "relu"
+
+    @property
+    def preserves_order(self) -> bool:
+        """Strictly increasing, so ``f(a) > f(b)`` iff ``a > b``: a certificate on its inputs' ordering
+        is a certificate on its outputs' ordering."""
+        return self.kind in STRICTLY_INCREASING
 
     def setup(self):
         if self.kind not in ACTIVATIONS:

@@ -18,12 +18,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from andor_jax import models, train  # noqa: E402
-from common import configure_torch_threads, median_seconds, write_json  # noqa: E402
+from common import configure_torch_threads, interleaved_medians, write_json  # noqa: E402
 
 BATCH, HIDDEN, CLASSES, FEATURES = 100, (512, 512, 512), 10, 784
 
 
-def jax_epoch_seconds(x, y, steps: int) -> float:
+def jax_epoch(x, y, steps: int):
     model = models.build_model(ml_collections.ConfigDict({"name": "mlp", "hidden": HIDDEN}))
     optimizer = train.make_optimizer(ml_collections.ConfigDict({"optimizer": "adadelta", "learning_rate": 1.0}))
     state = train.init_state(model, optimizer, x[:1], seed=0)
@@ -38,10 +38,10 @@ def jax_epoch_seconds(x, y, steps: int) -> float:
             state, metrics = step(state, xb, yb)
         jax.block_until_ready(state.params)
 
-    return median_seconds(run, repeats=3, warmup=1)
+    return run
 
 
-def torch_epoch_seconds(x, y, steps: int) -> float:
+def torch_epoch(x, y, steps: int):
     torch = configure_torch_threads()
     layers, width = [], FEATURES
     for hidden in HIDDEN:
@@ -59,19 +59,21 @@ def torch_epoch_seconds(x, y, steps: int) -> float:
             loss.backward()
             optimizer.step()
 
-    return median_seconds(run, repeats=3, warmup=1)
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps per timed run")
+    parser.add_argument("--rounds", type=int, default=5, help="timed runs of each, in alternation")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.steps * BATCH, FEATURES)).astype(np.float32)
     y = rng.integers(0, CLASSES, args.steps * BATCH).astype(np.int32)
-    ours = jax_epoch_seconds(x, y, args.steps)
-    reference = torch_epoch_seconds(x, y, args.steps)
+    seconds = interleaved_medians({"ours": jax_epoch(x, y, args.steps), "torch": torch_epoch(x, y, args.steps)},
+                                  rounds=args.rounds)
+    ours, reference = seconds["ours"], seconds["torch"]
     examples = args.steps * BATCH
     figures = {"benchmark": "relu_mlp_train_step", "batch": BATCH, "steps": args.steps,
                "devices": [str(d) for d in jax.local_devices()],

@@ -37,7 +37,8 @@ def checkpoints(steps: int) -> tuple[int, ...]:
         if fractions[-1] + step > 1.0:
             break
         fractions.append(fractions[-1] + step)
-    return tuple(sorted({w for w in (math.ceil(p * steps) for p in fractions[1:]) if 0 < w < steps}))
+    ceilings = (math.ceil(round(p * steps, 9)) for p in fractions[1:])  # round: 0.22 + 0.19 is not 0.41 in floats
+    return tuple(sorted({w for w in ceilings if 0 < w < steps}))
 
 
 def _schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,14 +57,11 @@ def _apgd(oracle: Oracle, x, y, key, eps, domain, momentum, rho, *, norm, steps,
           loss) -> common.AttackResult:
     loss_fn = LOSSES[loss]
     is_checkpoint, window = _schedule(steps)
-    clean_key, restarts_key = jax.random.split(key)
+    clean_key, start_key, steps_key, final_key = jax.random.split(key, 4)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
     batch = x.shape[0]
 
-    def one_restart(restart_key):
-        start_key, steps_key, final_key = jax.random.split(restart_key, 3)
-        x_start = common.random_start(start_key, x, eps, domain, norm) if random_start else x
-
+    def one_restart(x_start, step_keys, final_key):
         def step(state, inputs):
             t, step_key, checkpoint, window_length = inputs
             (x_t, x_prev, eta, found, broken, best_x, best_grad, best_loss, previous_loss, successes,
@@ -101,8 +99,7 @@ def _apgd(oracle: Oracle, x, y, key, eps, domain, momentum, rho, *, norm, steps,
         state = (x_start, x_start, jnp.full((batch,), 2.0, x.dtype) * eps, x, clean_broken, x_start,
                  jnp.zeros_like(x), minus_inf, minus_inf, jnp.zeros((batch,), jnp.int32), minus_inf,
                  jnp.zeros((batch,), bool))
-        inputs = (jnp.arange(steps), jax.random.split(steps_key, steps), jnp.asarray(is_checkpoint),
-                  jnp.asarray(window))
+        inputs = (jnp.arange(steps), step_keys, jnp.asarray(is_checkpoint), jnp.asarray(window))
         state, _ = jax.lax.scan(step, state, inputs)
         x_last, _, _, found, broken, best_x, _, best_loss, *_ = state
         logits = oracle.logits(x_last, final_key)
@@ -113,7 +110,9 @@ def _apgd(oracle: Oracle, x, y, key, eps, domain, momentum, rho, *, norm, steps,
         best_loss = jnp.maximum(best_loss, last_loss)
         return jnp.where(common.per_example(broken, x), found, best_x), broken, best_loss
 
-    x_adv, broken, best_loss = jax.vmap(one_restart)(jax.random.split(restarts_key, restarts))
+    x_adv, broken, best_loss = jax.vmap(one_restart)(
+        common.starting_points(start_key, x, eps, domain, norm, restarts, random_start),
+        jax.random.split(steps_key, (restarts, steps)), jax.random.split(final_key, restarts))
     return common.best_of_restarts(x_adv, broken, best_loss)
 
 
@@ -139,12 +138,12 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
       rho: the fraction of improving steps below which the step size is halved.
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
-    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
+    oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                     gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("steps", steps)
     common.check_positive_int("restarts", restarts)
     for setting, value in (("momentum", momentum), ("rho", rho)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")
-    return _apgd(oracle, x, y, key, eps, domain, momentum, rho, norm=norm, steps=steps, restarts=restarts,
+    return _apgd(oracle, x, y, key, eps, domain, common.as_scalar(momentum, x), common.as_scalar(rho, x), norm=norm, steps=steps, restarts=restarts,
                  random_start=bool(random_start), loss=loss)

@@ -104,6 +104,16 @@ def random_start(key: jax.Array, x: jax.Array, eps, domain: Domain, norm: str) -
     return project(x + delta, x, eps, domain, norm)
 
 
+def starting_points(key: jax.Array, x: jax.Array, eps, domain: Domain, norm: str, restarts: int,
+                    random: bool) -> jax.Array:
+    """(restarts, batch, ...) starting points: `random_start` draws (in one call, not vmapped: vmapping the
+    PRNG multiplies its compile time) or copies of ``x``."""
+    if not random:
+        return jnp.broadcast_to(x, (restarts,) + x.shape)
+    tiled = jnp.broadcast_to(x, (restarts,) + x.shape).reshape((restarts * x.shape[0],) + x.shape[1:])
+    return random_start(key, tiled, eps, domain, norm).reshape((restarts,) + x.shape)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bookkeeping shared by the iterative attacks.
 
@@ -222,9 +232,14 @@ def check_non_negative(setting: str, value) -> None:
 
 def prepare(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps, domain,
             norm: str, loss: str | None = None,
-            gradient_logits_fn: LogitsFn | None = None) -> tuple[Oracle, Domain]:
+            gradient_logits_fn: LogitsFn | None = None) -> tuple[Oracle, jax.Array, Domain]:
     """What every public attack does before compiling: builds the oracle and validates the threat model
-    (norm, domain, eps), the loss (if the attack takes one) and the batch.  Returns ``(oracle, (lo, hi))``."""
+    (norm, domain, eps), the loss (if the attack takes one) and the batch.
+
+    Returns:
+      ``(oracle, eps, (lo, hi))`` with eps as a scalar array of the inputs' dtype, so that every eps reuses
+      one compiled attack.
+    """
     check_choice("norm", norm, NORMS)
     if loss is not None:
         check_choice("loss", loss, LOSSES)
@@ -236,4 +251,10 @@ def prepare(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.A
     if loss == "dlr" and num_classes < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, the model has {num_classes}")
     check_eps(eps, domain, norm, jnp.shape(x)[1:])
-    return oracle, domain
+    return oracle, as_scalar(eps, x), domain
+
+
+def as_scalar(value, x: jax.Array) -> jax.Array:
+    """``value`` as a scalar array of ``x``'s dtype: a traced argument whose type never changes, so that a
+    compiled attack is reused whatever Python or NumPy type the value came in."""
+    return jnp.asarray(value, jnp.result_type(x))

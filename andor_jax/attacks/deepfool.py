@@ -51,21 +51,22 @@ def _deepfool(oracle: Oracle, x, y, key, eps, domain, overshoot, *, norm, max_it
     clean_logits = oracle.logits(x, clean_key)
     reference = jnp.argmax(clean_logits, axis=-1)
 
+    query_keys = jax.random.split(loop_key, max_iter)
+
     def unfinished(state):
-        iteration, _, _, active, _ = state
+        iteration, _, _, active = state
         return (iteration < max_iter) & jnp.any(active)
 
     def iterate(state):
-        iteration, x_t, total, active, step_key = state
-        step_key, query_key = jax.random.split(step_key)
-        logits, jacobian = oracle.logits_and_jacobian(x_t, query_key)
+        iteration, x_t, total, active = state
+        logits, jacobian = oracle.logits_and_jacobian(x_t, query_keys[iteration])
         active = active & ~common.misclassified(logits, y)
         r = deepfool_step(logits, jacobian, reference, norm)
         total = total + jnp.where(common.per_example(active, r), r, 0.0)
         x_t = common.clip_to_domain(x + (1.0 + overshoot) * total, domain)
-        return iteration + 1, x_t, total, active, step_key
+        return iteration + 1, x_t, total, active
 
-    state = (0, x, jnp.zeros_like(x), ~common.misclassified(clean_logits, y), loop_key)
+    state = (0, x, jnp.zeros_like(x), ~common.misclassified(clean_logits, y))
     _, x_last, *_ = jax.lax.while_loop(unfinished, iterate, state)
     x_adv = common.project(x_last, x, eps, domain, norm)
     return common.AttackResult(x_adv, common.misclassified(oracle.logits(x_adv, final_key), y))
@@ -88,8 +89,8 @@ def deepfool(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.
       overshoot: the accumulated perturbation is scaled by ``1 + overshoot``.
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
-    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm,
+    oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm,
                                     gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("max_iter", max_iter)
     common.check_non_negative("overshoot", overshoot)
-    return _deepfool(oracle, x, y, key, eps, domain, overshoot, norm=norm, max_iter=max_iter)
+    return _deepfool(oracle, x, y, key, eps, domain, common.as_scalar(overshoot, x), norm=norm, max_iter=max_iter)

@@ -48,7 +48,7 @@ def fgm(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       loss: the loss whose gradient is followed (`andor_jax.attacks.losses`).
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
-    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
+    oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                     gradient_logits_fn=gradient_logits_fn)
     return _fgm(oracle, x, y, key, eps, domain, norm=norm, loss=loss)
 

@@ -51,27 +51,26 @@ def _pgd(oracle: Oracle, x, y, key, eps, step_size, domain, *, norm, steps, rest
          step_rule) -> common.AttackResult:
     loss_fn = LOSSES[loss]
     rule = ascent_rule(step_rule, norm, step_size)
-    clean_key, restarts_key = jax.random.split(key)
+    clean_key, start_key, steps_key, final_key = jax.random.split(key, 4)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
 
-    def one_restart(restart_key):
-        start_key, steps_key, final_key = jax.random.split(restart_key, 3)
-        x_start = common.random_start(start_key, x, eps, domain, norm) if random_start else x
-
+    def one_restart(x_start, step_keys, final_key):
         def step(carry, step_key):
             x_t, rule_state, found, broken = carry
             logits, _, grads = oracle.loss_and_grad(loss_fn, x_t, y, step_key)
             found, broken = common.record_misclassified(found, broken, x_t, logits, y)
-            updates, rule_state = rule.update(grads, rule_state)
+            updates, rule_state = rule.update(grads, rule_state, x_t)
             return (common.project(x_t + updates, x, eps, domain, norm), rule_state, found, broken), None
 
         carry = (x_start, rule.init(x_start), x, clean_broken)
-        (x_last, _, found, broken), _ = jax.lax.scan(step, carry, jax.random.split(steps_key, steps))
+        (x_last, _, found, broken), _ = jax.lax.scan(step, carry, step_keys)
         logits = oracle.logits(x_last, final_key)
         found, broken = common.record_misclassified(found, broken, x_last, logits, y)
         return jnp.where(common.per_example(broken, x), found, x_last), broken, loss_fn(logits, y)
 
-    x_adv, broken, final_loss = jax.vmap(one_restart)(jax.random.split(restarts_key, restarts))
+    x_adv, broken, final_loss = jax.vmap(one_restart)(
+        common.starting_points(start_key, x, eps, domain, norm, restarts, random_start),
+        jax.random.split(steps_key, (restarts, steps)), jax.random.split(final_key, restarts))
     return common.best_of_restarts(x_adv, broken, final_loss)
 
 
@@ -102,7 +101,7 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
     Returns:
       An `AttackResult`.
     """
-    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
+    oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                     gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("steps", steps)
     common.check_positive_int("restarts", restarts)
@@ -110,5 +109,5 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
     if step_size is None:
         step_size = default_step_size(step_rule, eps, steps)
     common.check_non_negative("step_size", step_size)
-    return _pgd(oracle, x, y, key, eps, step_size, domain, norm=norm, steps=steps, restarts=restarts,
+    return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, norm=norm, steps=steps, restarts=restarts,
                 random_start=bool(random_start), loss=loss, step_rule=step_rule)

@@ -66,29 +66,33 @@ def _square(oracle: Oracle, x, y, key, eps, domain, p_init, *, n_queries, image_
     x_best = jnp.where(common.per_example(clean_broken, x), x, x_query)
     broken = clean_broken | broken_now
 
+    query_keys = jax.random.split(loop_key, (n_queries, 2))  # per query: the search's draw, the model's draw
+
     def unfinished(state):
-        query, *_, broken, _ = state
+        query, *_, broken = state
         return (query < n_queries) & ~jnp.all(broken)
 
     def one_query(state):
-        query, delta, x_best, best_margin, broken, query_key = state
-        query_key, position_key, sign_key, model_key = jax.random.split(query_key, 4)
+        query, delta, x_best, best_margin, broken = state
+        draw_key, model_key = query_keys[query]
         p = square_fraction(query, n_queries, p_init)
         side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)).astype(jnp.int32), 1, min(height, width))
-        top = jax.random.randint(position_key, (batch, 1, 1, 1), 0, height - side + 1)
-        left = jax.random.randint(jax.random.fold_in(position_key, 1), (batch, 1, 1, 1), 0, width - side + 1)
+        # one uniform draw per example gives the window's corner and its signs (one PRNG call per query)
+        draw = jax.random.uniform(draw_key, (batch, 2 + channels), x.dtype)
+        top = jnp.minimum(jnp.floor(draw[:, 0] * (height - side + 1)), height - side).reshape(batch, 1, 1, 1)
+        left = jnp.minimum(jnp.floor(draw[:, 1] * (width - side + 1)), width - side).reshape(batch, 1, 1, 1)
         window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        signs = jax.random.rademacher(sign_key, (batch, 1, 1, channels), x.dtype)
+        signs = jnp.where(draw[:, 2:] < 0.5, -1.0, 1.0).astype(x.dtype).reshape(batch, 1, 1, channels)
         candidate = jnp.where(window, eps * signs, delta)
         x_query, candidate_margin, fooled = evaluate(candidate, model_key)
         accept = ~broken & ((candidate_margin < best_margin) | fooled)
         delta = jnp.where(common.per_example(accept, delta), candidate, delta)
         x_best = jnp.where(common.per_example(accept, x), x_query, x_best)
         best_margin = jnp.where(accept, candidate_margin, best_margin)
-        return query + 1, delta, x_best, best_margin, broken | (accept & fooled), query_key
+        return query + 1, delta, x_best, best_margin, broken | (accept & fooled)
 
-    state = (1, delta, x_best, best_margin, broken, loop_key)
-    _, _, x_best, _, broken, _ = jax.lax.while_loop(unfinished, one_query, state)
+    state = (1, delta, x_best, best_margin, broken)
+    _, _, x_best, _, broken = jax.lax.while_loop(unfinished, one_query, state)
     return common.AttackResult(x_best, broken)
 
 
@@ -108,7 +112,7 @@ def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Ar
       p_init: initial fraction of the image covered by a square.
       image_shape: ``(H, W, C)`` the squares live in; None infers it (`image_shape_of`).
     """
-    oracle, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm="linf")
+    oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm="linf")
     common.check_positive_int("n_queries", n_queries)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
@@ -118,4 +122,5 @@ def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Ar
     if len(image_shape) != 3 or int(np.prod(image_shape)) != int(np.prod(jnp.shape(x)[1:])):
         raise ValueError(f"image_shape {image_shape} is not an (H, W, C) layout of inputs of shape "
                          f"{jnp.shape(x)[1:]}")
-    return _square(oracle, x, y, key, eps, domain, p_init, n_queries=n_queries, image_shape=image_shape)
+    return _square(oracle, x, y, key, eps, domain, common.as_scalar(p_init, x), n_queries=n_queries,
+                   image_shape=image_shape)

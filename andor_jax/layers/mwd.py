@@ -113,18 +113,19 @@ def blocked_gradients(weights_fn, x, u, w, m, dm, chunk_elements: int):
 
     With ``a = u (x - w)``, ``z = a^2`` and ``h = dm * weights * 2 a`` (the cotangent of ``a``):
 
-        dx[b, i] = sum_o h u,    du[o, i] = sum_b h (x - w),    dw[o, i] = -u sum_b h.
+        dx[b, i] = sum_o h u,    du[o, i] = sum_b h x - w sum_b h,    dw[o, i] = -u sum_b h.
 
-    Both reductions keep the input axis, so it is cut into chunks processed one after another, each laid
-    out (in, batch, out) so that neither reduction runs over the major axis (slow in XLA:CPU).  A chunk is
-    a cache-sized temporary; nothing of size (batch, out, in) is ever stored.
+    All three keep the input axis, so it is cut into chunks processed one after another, each laid out
+    (in, batch, out): ``h`` is a cache-sized temporary, and the sums are batched matrix-vector products
+    over the chunk's inputs (fast in XLA:CPU, unlike reductions over a major axis).  Nothing of size
+    (batch, out, in) is ever stored.
     """
     def block(args):
         xc, uc, wc = args  # (chunk, batch), (chunk, out), (chunk, out)
-        diff = xc[:, :, None] - wc[:, None, :]
-        a = uc[:, None, :] * diff  # = scaled_difference, spelt out to reuse diff
+        a = scaled_difference(xc[:, :, None], uc[:, None, :], wc[:, None, :])
         h = weights_fn(jnp.square(a), m[None]) * (2 * dm)[None] * a
-        return jnp.sum(h * uc[:, None, :], axis=2), jnp.sum(h * diff, axis=1), jnp.sum(h, axis=1)
+        h_sum = jnp.sum(h, axis=1)
+        return jnp.einsum("ibo,io->ib", h, uc), jnp.einsum("ibo,ib->io", h, xc) - wc * h_sum, h_sum
 
     rows = chunk_rows(x.shape[1], x.shape[0] * u.shape[0], chunk_elements)
     dx, du, h_sum = map_chunks(block, (x.T, u.T, w.T), rows)

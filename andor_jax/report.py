@@ -1,0 +1,388 @@
+"""The robustness report: accuracy under every attack on an eps grid, the per-example worst case, the threat
+model and every hyperparameter, and the sanity checks of an honest evaluation.
+
+The checks follow Carlini et al. 2019 ("On evaluating adversarial robustness") and Tramer et al. 2020 ("On
+adaptive attacks to adversarial example defenses"): accuracy must not rise with eps; iterative attacks must
+be at least as strong as single-step ones; at a large enough eps accuracy must reach chance; and a
+gradient-free attack beating the gradient attacks means the gradients are masked.
+
+`robustness_report` computes the report (a JSON-able dict); `write_report` writes ``report.json`` (merged
+into an existing one, so that e.g. ``certified_accuracy`` from the certifier survives), ``report.md``
+(`format_markdown`) and ``robustness.png`` (`plot_report`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from andor_jax.attacks import common, registry
+from andor_jax.attacks.pgd import STEP_SIZE_FACTOR
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+MASKING_MARGIN = 0.01       # a gradient-free attack ahead of every gradient attack by more flags masking
+CHANCE_CEILING = 0.2        # robust accuracy allowed at the largest eps when that eps is half the domain,
+CHANCE_EPS_FRACTION = 0.5   # i.e. eps >= 0.5 (hi - lo), e.g. 0.5 on [0, 1] (L-inf)
+
+
+def eps_key(eps: float) -> str:
+    """The string under which an eps is stored in a report: ``0.3 -> "0.3"``, ``0.1 + 0.2 -> "0.3"``."""
+    return f"{float(eps):g}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Computing the report.
+
+def _runs(attacks: Sequence[str], gradient_logits_fns: Mapping[str, LogitsFn]) -> list[tuple[str, str, str | None]]:
+    """``(label, attack name, gradient tag)`` for every attack, plus ``name[tag]`` for every gradient attack
+    and every alternative gradient (e.g. ``pgd[psd]``)."""
+    runs = [(name, name, None) for name in attacks]
+    for tag in gradient_logits_fns:
+        runs += [(f"{name}[{tag}]", name, tag) for name in attacks if registry.get_spec(name).uses_gradients]
+    return runs
+
+
+def _settings_record(name: str, settings: Mapping, tag: str | None) -> dict:
+    """Everything about one run, JSON-able: the attack, its threat model and every setting."""
+    spec = registry.get_spec(name)
+    record = {"attack": name, "description": spec.description, "norm": settings.get("norm", spec.norm),
+              "kind": spec.kind, "gradient": "none" if not spec.uses_gradients else (tag or "true"),
+              **settings}
+    if "step_size" in record and record["step_size"] is None:  # PGD's default is relative to eps
+        record["step_size"] = f"{STEP_SIZE_FACTOR} * eps / steps" if record["step_rule"] == "sign" else 1.0
+    return record
+
+
+def _validate(logits_fn, x, y, attacks, eps_grid, domain, batch_size, gradient_logits_fns, overrides):
+    """Every error a caller can make, raised before any attack runs."""
+    if not attacks:
+        raise ValueError("attacks must name at least one attack; known: " + ", ".join(sorted(registry.ATTACKS)))
+    if len(set(attacks)) != len(attacks):
+        raise ValueError(f"attacks contains duplicates: {list(attacks)}")
+    if not eps_grid:
+        raise ValueError("eps_grid must hold at least one eps")
+    keys = [eps_key(eps) for eps in eps_grid]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"eps_grid holds values that coincide once formatted: {keys}")
+    common.check_positive_int("batch_size", batch_size)
+    for tag, fn in gradient_logits_fns.items():
+        if not isinstance(tag, str) or not tag or any(c in tag for c in "[]") or not callable(fn):
+            raise ValueError(f"gradient_logits_fns must map plain names to callables, got {tag!r}: {fn!r}")
+    for name in overrides:
+        registry.get_spec(name)  # a typo in an override's attack name is an error, not a silent no-op
+    domain = common.check_domain(domain)
+    common.check_batch(x, y, domain)
+    num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x[:1].shape, x.dtype)).shape[-1]
+    common.check_labels(y, num_classes)
+    settings = {name: registry.settings_of(name, **overrides.get(name, {})) for name in attacks}
+    for name in attacks:
+        norm = settings[name].get("norm", registry.get_spec(name).norm)
+        for eps in eps_grid:
+            common.check_eps(eps, domain, norm, x.shape[1:])
+    return domain, settings
+
+
+def _batches(n: int, batch_size: int):
+    """``(start, stop)`` of every chunk of at most ``batch_size`` examples."""
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _padded(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with its first row repeated up to ``size`` rows, so that every chunk has one shape and each
+    attack compiles once (the padding's results are dropped)."""
+    return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)]) if len(array) < size else array
+
+
+def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence[float],
+                      domain=(0.0, 1.0), key: jax.Array, batch_size: int = 500,
+                      gradient_logits_fns: Mapping[str, LogitsFn] | None = None,
+                      overrides: Mapping[str, Mapping] | None = None, progress: bool = True) -> dict:
+    """Attacks ``logits_fn`` on ``(x, y)`` with every attack at every eps and summarises the outcome.
+
+    Args:
+      logits_fn: the model, ``x -> logits`` (batch, classes), deterministic.
+      x: (n, ...) inputs inside ``domain``.
+      y: (n,) integer labels.
+      attacks: names from `andor_jax.attacks.ATTACKS`, e.g. ``['fgsm', 'pgd', 'apgd-ce', 'square']``.
+      eps_grid: the radii to attack at.
+      domain: the input box ``(lo, hi)``.
+      key: PRNG key; each (chunk, attack, eps) gets its own key folded from it.
+      batch_size: examples per chunk (memory: restarts x batch_size inputs are attacked at once).
+      gradient_logits_fns: alternative functions to differentiate, by tag: ``{'psd': fn}`` also runs every
+        gradient attack as ``'name[psd]'`` with ``gradient_logits_fn=fn``.
+      overrides: per-attack setting overrides, e.g. ``{'pgd': {'steps': 100, 'step_rule': 'adadelta'}}``;
+        entries for registered attacks that are not run are ignored.
+      progress: show a progress bar over the chunks.
+
+    Returns:
+      A JSON-able dict with ``clean_accuracy``, ``n_examples``, ``attacks`` ({label: {eps: accuracy}}),
+      ``robust_accuracy`` ({eps: accuracy under the per-example worst case over all attacks, clean errors
+      included}), ``settings`` (threat model and every attack's settings) and ``sanity`` (list of checks).
+    """
+    gradient_logits_fns = dict(gradient_logits_fns or {})
+    overrides = dict(overrides or {})
+    x, y = np.asarray(x), np.asarray(y)
+    domain, settings = _validate(logits_fn, x, y, list(attacks), list(eps_grid), domain, batch_size,
+                                 gradient_logits_fns, overrides)
+    runs = _runs(attacks, gradient_logits_fns)
+    keys = [eps_key(eps) for eps in eps_grid]
+    n = len(y)
+    chunk = min(batch_size, n)
+    clean_correct = np.zeros(n, bool)
+    correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
+    predict = jax.jit(lambda inputs: jnp.argmax(logits_fn(inputs), axis=-1))
+
+    bar = tqdm(_batches(n, chunk), desc="robustness report", unit="batch", disable=not progress)
+    for batch_index, (start, stop) in enumerate(bar):
+        xb, yb = jnp.asarray(_padded(x[start:stop], chunk)), jnp.asarray(_padded(y[start:stop], chunk))
+        size = stop - start
+        clean_correct[start:stop] = np.asarray(predict(xb) == yb)[:size]
+        batch_key = jax.random.fold_in(key, batch_index)
+        for run_index, (label, name, tag) in enumerate(runs):
+            bar.set_postfix_str(label)
+            run_key = jax.random.fold_in(batch_key, run_index)
+            for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
+                result = registry.run_attack(name, logits_fn, xb, yb, jax.random.fold_in(run_key, eps_index), eps,
+                                             domain, gradient_logits_fn=gradient_logits_fns.get(tag),
+                                             **overrides.get(name, {}))
+                correct[label][k][start:stop] = ~np.asarray(result.broken)[:size]
+
+    accuracy = lambda mask: float(np.mean(mask))
+    attack_accuracy = {label: {k: accuracy(clean_correct & correct[label][k]) for k in keys} for label, _, _ in runs}
+    robust = {k: accuracy(clean_correct & np.all([correct[label][k] for label, _, _ in runs], axis=0)) for k in keys}
+    norms = {settings[name].get("norm", registry.get_spec(name).norm) for name in attacks}
+    report = {
+        "clean_accuracy": accuracy(clean_correct),
+        "n_examples": int(n),
+        "attacks": attack_accuracy,
+        "robust_accuracy": robust,
+        "settings": {
+            "threat_model": {
+                # an L2 ball of radius eps lies inside the L-inf ball of radius eps, so L2 attacks are valid
+                # (weaker) attacks under an L-inf threat model
+                "norm": "linf" if "linf" in norms else "l2",
+                "eps_grid": [float(eps) for eps in eps_grid],
+                "domain": list(domain),
+                "knowledge": "white-box: the attacker knows the model and differentiates it end to end",
+            },
+            "attacks": {label: _settings_record(name, settings[name], tag) for label, name, tag in runs},
+            "n_examples": int(n),
+            "batch_size": int(chunk),
+            "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+        },
+    }
+    report["sanity"] = sanity_checks(report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sanity checks.
+
+def _by_eps(accuracies: Mapping[str, float]) -> list[tuple[float, float]]:
+    return sorted((float(k), v) for k, v in accuracies.items())
+
+
+def _check(name: str, passed: bool, message: str) -> dict:
+    return {"name": name, "passed": bool(passed), "message": message}
+
+
+def sanity_checks(report: Mapping) -> list[dict]:
+    """The checks of an honest evaluation, each ``{'name', 'passed', 'message'}``, from a report's
+    ``attacks``, ``robust_accuracy`` and ``settings`` (see the module docstring)."""
+    records = report["settings"]["attacks"]
+    results = report["attacks"]
+    checks = []
+    for label, accuracies in results.items():
+        rises = [(a, b) for (a, acc_a), (b, acc_b) in zip(_by_eps(accuracies), _by_eps(accuracies)[1:])
+                 if acc_b > acc_a]
+        checks.append(_check(f"non-increasing in eps: {label}", not rises,
+                             "accuracy never rises with eps" if not rises else
+                             f"accuracy rises between eps {rises}: the attack is not converging"))
+
+    def same_family(a, b):  # same norm, same gradient
+        return records[a]["norm"] == records[b]["norm"] and records[a]["gradient"] == records[b]["gradient"]
+
+    for iterative in (label for label in results if records[label]["kind"] == "iterative"):
+        for single in (label for label in results if records[label]["kind"] == "single-step"):
+            if not same_family(iterative, single):
+                continue
+            weaker = [k for k in results[iterative] if results[iterative][k] > results[single][k]]
+            checks.append(_check(f"iterative at least as strong as single-step: {iterative} vs {single}", not weaker,
+                                 f"{iterative} is at least as strong at every eps" if not weaker else
+                                 f"{iterative} leaves more examples correct than {single} at eps {weaker}: "
+                                 "too few steps, a bad step size, or masked gradients"))
+
+    threat = report["settings"]["threat_model"]
+    lo, hi = threat["domain"]
+    largest = max(threat["eps_grid"])
+    if threat["norm"] == "linf" and largest >= CHANCE_EPS_FRACTION * (hi - lo):
+        robust = report["robust_accuracy"][eps_key(largest)]
+        checks.append(_check("near chance at large eps", robust <= CHANCE_CEILING,
+                             f"robust accuracy {robust:.2%} at eps {largest:g} (at most {CHANCE_CEILING:.0%} "
+                             "expected: such a ball reaches inputs of every class)" +
+                             ("" if robust <= CHANCE_CEILING else "; the attacks are failing")))
+
+    for free in (label for label in results if records[label]["kind"] == "gradient-free"):
+        rivals = [label for label in results
+                  if records[label]["gradient"] != "none" and records[label]["norm"] == records[free]["norm"]]
+        if not rivals:
+            continue
+        ahead = [k for k in results[free]
+                 if results[free][k] < min(results[label][k] for label in rivals) - MASKING_MARGIN]
+        checks.append(_check(f"no gradient masking: {free}", not ahead,
+                             f"{free} never beats the best gradient attack by more than {MASKING_MARGIN:.0%}"
+                             if not ahead else
+                             f"{free} beats every gradient attack by more than {MASKING_MARGIN:.0%} at eps "
+                             f"{ahead}: likely gradient masking; use BPDA, EOT or pseudo-gradients"))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing it out.
+
+def _percent(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _lookup(accuracies: Mapping[str, float] | None, eps: float):
+    """The accuracy at ``eps`` from an {eps string: accuracy} table whose keys may be formatted otherwise."""
+    for k, v in (accuracies or {}).items():
+        if math.isclose(float(k), eps, rel_tol=1e-9, abs_tol=1e-12):
+            return v
+    return None
+
+
+def format_markdown(report: Mapping) -> str:
+    """``report`` as readable markdown: clean accuracy, a table eps x attack with the robust accuracy (and,
+    when ``certified_accuracy`` is present, the certified lower bound, the robust upper bound and their gap),
+    the threat model, every attack's settings and the sanity checks."""
+    attacks = report.get("attacks", {})
+    robust = report.get("robust_accuracy")
+    certified = report.get("certified_accuracy")
+    eps_values = sorted({float(k) for table in (*attacks.values(), robust or {}, certified or {}) for k in table})
+    lines = ["# Robustness report", ""]
+    if "clean_accuracy" in report:
+        lines += [f"Clean accuracy: **{_percent(report['clean_accuracy'])}%**"
+                  + (f" on {report['n_examples']} examples." if "n_examples" in report else "."), ""]
+
+    if eps_values:
+        header = ["eps", *attacks]
+        if robust is not None:
+            header.append("robust (upper bound)" if certified is not None else "robust (worst case)")
+        if certified is not None:
+            header += ["certified (lower bound)", "gap"]
+        lines += ["## Accuracy (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for eps in eps_values:
+            row = [f"{eps:g}", *(_percent(_lookup(table, eps)) for table in attacks.values())]
+            upper, lower = _lookup(robust, eps), _lookup(certified, eps)
+            if robust is not None:
+                row.append(_percent(upper))
+            if certified is not None:
+                row += [_percent(lower), _percent(None if upper is None or lower is None else upper - lower)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        if robust is not None:
+            lines += ["Robust accuracy counts an example correct only if it is classified correctly clean and "
+                      "under every attack (the per-example worst case).", ""]
+        if certified is not None:
+            lines += ["Certified accuracy is a proven lower bound (interval bound propagation); robust accuracy "
+                      "under attack is an upper bound; the true robust accuracy lies in the gap.", ""]
+
+    settings = report.get("settings", {})
+    threat = settings.get("threat_model")
+    if threat:
+        lo, hi = threat["domain"]
+        lines += ["## Threat model", "",
+                  f"- norm: {'L-inf' if threat['norm'] == 'linf' else 'L2'}",
+                  f"- eps grid: {', '.join(f'{eps:g}' for eps in threat['eps_grid'])}",
+                  f"- input domain: [{lo:g}, {hi:g}]",
+                  f"- attacker: {threat['knowledge']}", ""]
+    if settings.get("attacks"):
+        lines += ["## Attack settings", "", "| attack | description | settings |", "|---|---|---|"]
+        for label, record in settings["attacks"].items():
+            values = ", ".join(f"{name}={value}" for name, value in record.items()
+                               if name not in ("attack", "description"))
+            lines.append(f"| {label} | {record['description']} | {values} |")
+        lines.append("")
+        extra = {k: v for k, v in settings.items() if k not in ("threat_model", "attacks")}
+        if extra:
+            lines += [", ".join(f"{k}: {v}" for k, v in extra.items()), ""]
+    if report.get("sanity"):
+        lines += ["## Sanity checks", ""]
+        lines += [f"- {'PASS' if check['passed'] else '**FAIL**'} {check['name']}: {check['message']}"
+                  for check in report["sanity"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_report(report: Mapping, path: str | os.PathLike) -> None:
+    """Accuracy against eps: one line per attack, the robust accuracy and, when present, the certified
+    accuracy with the gap between the two shaded (as in the MWD paper's Figures 1 and 2)."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for label, accuracies in report.get("attacks", {}).items():
+        eps, acc = zip(*_by_eps(accuracies))
+        axes.plot(eps, acc, marker="o", markersize=3, linewidth=1, alpha=0.8, label=label,
+                  linestyle=":" if "[" in label else "-")  # attacks through an alternative gradient dotted
+    robust, certified = report.get("robust_accuracy"), report.get("certified_accuracy")
+    if robust:
+        eps, acc = zip(*_by_eps(robust))
+        axes.plot(eps, acc, color="black", linewidth=2.5,
+                  label="robust (upper bound)" if certified else "robust (worst case)")
+    if certified:
+        eps, acc = zip(*_by_eps(certified))
+        axes.plot(eps, acc, color="tab:green", linewidth=2.5, linestyle="--", label="certified (lower bound)")
+        if robust:
+            shared = sorted({float(k) for k in certified} & {float(k) for k in robust})
+            axes.fill_between(shared, [_lookup(certified, e) for e in shared], [_lookup(robust, e) for e in shared],
+                              color="tab:green", alpha=0.12, label="gap")
+    threat = report.get("settings", {}).get("threat_model", {})
+    axes.set_xlabel(f"eps ({'L-inf' if threat.get('norm', 'linf') == 'linf' else 'L2'})")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0.0, 1.02)
+    axes.grid(alpha=0.3)
+    if "clean_accuracy" in report:
+        axes.set_title(f"clean accuracy {_percent(report['clean_accuracy'])}%")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.savefig(path, dpi=120)
+
+
+def write_report(report: Mapping, workdir: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``report.json``, ``report.md`` and ``robustness.png`` into ``workdir``.
+
+    ``report`` is merged into an existing ``report.json`` (its top-level keys replace the old ones; others,
+    e.g. ``certified_accuracy``, survive), and the markdown and plot show the merged report.
+
+    Returns:
+      ``{'json': path, 'markdown': path, 'plot': path}``.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": workdir / "report.json", "markdown": workdir / "report.md", "plot": workdir / "robustness.png"}
+    merged = {}
+    if paths["json"].exists():
+        try:
+            merged = json.loads(paths["json"].read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{paths['json']} is not valid JSON ({err}); move it away to write a new report") from err
+        if not isinstance(merged, dict):
+            raise ValueError(f"{paths['json']} does not hold a JSON object; move it away to write a new report")
+    merged.update(report)
+    temporary = paths["json"].with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(merged, indent=2, sort_keys=False) + "\n")
+    temporary.replace(paths["json"])
+    paths["markdown"].write_text(format_markdown(merged))
+    plot_report(merged, paths["plot"])
+    return paths

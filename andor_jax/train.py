@@ -89,6 +89,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     unknown = [n for n in names if n not in GRADIENT_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown gradient transform(s) {unknown}; known: {sorted(GRADIENT_TRANSFORMS)}")
+    if not names:  # unwrapped, so the optimiser state keeps the plain optimiser's structure
+        return make_base_optimizer(config)
     return optax.chain(*(GRADIENT_TRANSFORMS[n](config) for n in names), make_base_optimizer(config))
 
 

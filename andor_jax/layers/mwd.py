@@ -1,5 +1,6 @@
-"""MWD (max-of-weighted-distance) layers: Agrawal, de Alfaro & Helmbold, "Enhancing the robustness of
-neural networks through MWD units" (eq. 1-2, sec. 3.1 and 4).
+"""MWD (max-of-weighted-distance) layers: Agrawal, de Alfaro & Helmbold, "A New Family of Neural Networks
+Provably Resistant to Adversarial Attacks" (2019): units eq. (1)-(2), pseudo-gradients sec. 3.1, intervals
+sec. 4.
 
 A unit with parameters ``u, w`` (one row of the (out, in) matrices) maps ``x`` to
 
@@ -107,7 +108,7 @@ def argmax_counts(x: jax.Array, u: jax.Array, w: jax.Array, m: jax.Array, chunk_
     return jnp.maximum(map_chunks(count, (x, m), chunk_rows(x.shape[0], u.size, chunk_elements)), 1)
 
 
-def blocked_gradients(weights_fn, x, u, w, m, dm, chunk_elements: int):
+def chunked_gradients(weights_fn, x, u, w, m, dm, chunk_elements: int):
     """Cotangents of ``x, u, w`` given the cotangent ``dm`` (batch, out) of ``m = max_i z_i`` and the
     per-element derivative ``weights_fn(z, m) ~ dm/dz_i`` (the shared-feedback/argmax mixture).
 
@@ -143,7 +144,7 @@ def mwd_backward(x, u, w, m, rho, g, chunk_elements: int):
     dm = g * pseudo_exp_derivative(m, jnp.exp(-m), rho)
 
     def gradients(weights_fn):
-        return blocked_gradients(weights_fn, x, u, w, m, dm, chunk_elements)
+        return chunked_gradients(weights_fn, x, u, w, m, dm, chunk_elements)
 
     def true_grads():
         ties = argmax_counts(x, u, w, m, chunk_elements)[None]
@@ -184,7 +185,7 @@ def mwd_unit(x: jax.Array, u: jax.Array, w: jax.Array, rho=None, chunk_elements:
     The backward pass is the pseudo-gradient mixed with the true gradient by ``rho`` (1 pure pseudo,
     0 or None true), equal to the chain rule through `mwd_composed` but fused: the residuals are ``x``,
     ``u``, ``w`` and ``m`` (O(batch in + out in + batch out)), and the (batch, out, in) tensor is recomputed
-    in cache-sized chunks (`blocked_gradients`).  Reverse mode only (a `jax.custom_vjp`).
+    in cache-sized chunks (`chunked_gradients`).  Reverse mode only (a `jax.custom_vjp`).
 
     Args:
       x: inputs (..., in).

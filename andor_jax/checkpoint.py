@@ -94,6 +94,24 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return type(like)(*restored["state"]) if isinstance(like, tuple) else restored["state"]
 
+    def restore_latest_variables(self, like: PyTree, fingerprint_: dict) -> dict:
+        """Only the model's variables (``params`` and ``model_state``) of the latest checkpoint, for
+        evaluation: whatever optimiser wrote the checkpoint, only the architecture has to agree."""
+        step = self.latest_step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self._manager.directory}: train first")
+        saved = self._manager.restore(step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))
+        model_parts = (".params", ".model_state")
+        wanted, found = (
+            {**f, "shapes": {k: v for k, v in f["shapes"].items() if k.startswith(model_parts)}}
+            for f in (fingerprint_, saved["fingerprint"]))
+        if wanted != found:
+            raise CheckpointMismatchError(
+                f"checkpoint at step {step} in {self._manager.directory} belongs to another architecture: "
+                f"{describe_mismatch(found, wanted)}")
+        raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        return {"params": raw["params"], **raw["model_state"]}
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

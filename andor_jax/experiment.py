@@ -166,8 +166,8 @@ def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
     experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
     state = experiment.init_state()
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    if ckpt.latest_step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
-    state = ckpt.restore_latest(state, checkpoint.fingerprint(config.model, state))
-    ckpt.close()
-    return experiment, variables_of(state)
+    try:
+        variables = ckpt.restore_latest_variables(state, checkpoint.fingerprint(config.model, state))
+    finally:
+        ckpt.close()
+    return experiment, variables

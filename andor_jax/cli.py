@@ -32,6 +32,18 @@ def parse_eps(text: str) -> list[float]:
     return values
 
 
+def parse_attack_settings(items: list[str]) -> dict[str, dict]:
+    """``["pgd.restarts=1", "pgd.steps=100"]`` -> ``{"pgd": {"restarts": 1, "steps": 100}}``."""
+    settings: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        attack, dot, setting = key.partition(".")
+        if not (sep and dot and attack and setting):
+            raise ValueError(f"attack setting {item!r} must look like ATTACK.SETTING=VALUE, e.g. pgd.restarts=1")
+        settings.setdefault(attack, {})[setting] = config_lib.parse_value(text)
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="andor-jax", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--workdir", required=True)
         sub.add_argument("--eps", default=None, help="eps grid, start:stop:step or a,b,c (L-inf)")
-        sub.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples")
+        sub.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples (0: all)")
+        sub.add_argument("--output", default=None, help="write the report here instead of the work directory")
         common(sub)
         if name == "evaluate":
             sub.add_argument("--attacks", default=None, help="comma-separated attack names")
+            sub.add_argument("--set", action="append", default=[], metavar="ATTACK.SETTING=VALUE",
+                             help="change an attack's setting, e.g. --set pgd.restarts=1 (repeatable)")
             sub.add_argument("--certify", action="store_true", help="also compute certified accuracy")
             sub.add_argument("--psd", action="store_true",
                              help="also run every attack with pseudo-gradients (models that have them)")
@@ -95,11 +110,13 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, attacks=args.attacks,
                                     eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
                                     certify=args.certify, pseudo_gradient_attacks=args.psd,
-                                    progress=not args.no_progress)
+                                    attack_settings=parse_attack_settings(args.set),
+                                    progress=not args.no_progress, output_dir=args.output)
         print(f"report: {paths['md']}")
     elif args.command == "certify":
         paths = evaluation.certify(args.workdir, data_dir=args.data_dir,
-                                   eps=parse_eps(args.eps) if args.eps else None, limit=args.limit)
+                                   eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
+                                   output_dir=args.output)
         print(f"report: {paths['md']}")
     elif args.command == "run":
         config = config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)

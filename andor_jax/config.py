@@ -97,7 +97,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             node = node[part]
         if leaf not in node:
             raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
-        value = _parse_value(text)
+        value = parse_value(text)
         try:
             node[leaf] = value
         except TypeError as err:
@@ -105,7 +105,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     return config
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
+    """A command-line value as a Python literal where it is one (``3``, ``0.5``, ``(1, 2)``, ``true``),
+    else the string itself; lists become tuples."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     if text.lower() == "none":

@@ -23,10 +23,10 @@ def _test_split(experiment: experiment_lib.Experiment, limit: int | None):
 
 def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[float] | None = None,
              limit: int | None = None, certify: bool = False, pseudo_gradient_attacks: bool = False,
-             progress: bool = True) -> dict[str, pathlib.Path]:
-    """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot.
-
-    Unset arguments come from the run's ``evaluate`` config block.
+             progress: bool = True, output_dir=None,
+             attack_settings: dict[str, dict] | None = None) -> dict[str, pathlib.Path]:
+    """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
+    there (or in ``output_dir``).  Unset arguments come from the run's ``evaluate`` config block.
     """
     from andor_jax import cli
 
@@ -42,16 +42,16 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
         logits_fn, x, y, attacks=attack_names, eps_grid=eps_grid, domain=domain,
         key=jax.random.PRNGKey(experiment.config.seed), batch_size=settings.batch_size,
         gradient_logits_fns={"psd": experiment.logits_fn(variables, rho=1.0)} if psd else None,
-        progress=progress)
+        overrides=attack_settings, progress=progress)
     result["model"] = experiment.config.model.to_dict()
     result["data"] = {"dataset": experiment.config.data.dataset, "source": experiment.dataset.source,
                       "domain": list(domain)}
     if certify or settings.get("certify", False):
         result.update(_certified(experiment, variables, x, y, eps_grid))
-    return report_lib.write_report(result, workdir)
+    return report_lib.write_report(result, output_dir or workdir)
 
 
-def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None):
+def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None, output_dir=None):
     """Certified accuracy only (interval bound propagation), merged into the work directory's report."""
     from andor_jax import cli
 
@@ -60,7 +60,7 @@ def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: in
     x, y = _test_split(experiment, limit if limit is not None else 0)
     result = {"n_examples": int(len(x))}
     result.update(_certified(experiment, variables, x, y, eps_grid))
-    return report_lib.write_report(result, workdir)
+    return report_lib.write_report(result, output_dir or workdir)
 
 
 def _certified(experiment, variables, x, y, eps_grid) -> dict:

@@ -76,3 +76,10 @@ def test_every_bundled_config_loads_and_builds_its_model():
     for name in config_lib.bundled_configs():
         config = config_lib.load_config(name)
         models.build_model(config.model)
+
+
+def test_attack_settings_parse_and_reject_bad_items():
+    assert cli.parse_attack_settings(["pgd.restarts=1", "pgd.step_rule=adadelta", "apgd-ce.steps=50"]) == {
+        "pgd": {"restarts": 1, "step_rule": "adadelta"}, "apgd-ce": {"steps": 50}}
+    with pytest.raises(ValueError, match="ATTACK.SETTING=VALUE"):
+        cli.parse_attack_settings(["restarts=1"])

@@ -107,6 +107,9 @@ class AndOrDense(nn.Module):
       budget: L1 bound of the positive (and negative) part of each neuron's effective weights ``W / scale``
         (the paper's 1).
       l1_rule: ``"author"`` or ``"paper"`` (module docstring).
+      kernel_init: draws the raw ``W``, as the author's code does (PyTorch's default initialisation,
+        then the division by ``scale``): with a scale of 10 every nics starts near 0, on the floor of
+        the AND activation.
     """
 
     features: int
@@ -294,3 +297,8 @@ def lenet(num_classes: int = 10, activation: str = "relu") -> tuple:
 
 register("andor_lenet", andor_lenet)
 register("lenet", lenet)
+
+# The engine finds objectives and gradient transforms by name; `models.build_model` imports this module,
+# so importing the AND/OR training pieces here makes 'andor' and 'weight_concentration' known to every
+# run that builds a model (also when a trained run is reloaded from its config.json).
+import andor_jax.andor_training  # noqa: E402,F401

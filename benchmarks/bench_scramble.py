@@ -1,0 +1,85 @@
+"""Cost of AND/OR training: one step of the ``'andor'`` objective (cross-entropy and loss2 with type B
+scrambled datasets, vmapped over scrambles) against one plain cross-entropy step of the same network, in
+the same run: the AND/OR LeNet, batch 200, random 28x28x1 inputs in [-1, 1], SGD with momentum.
+
+    python benchmarks/bench_scramble.py [--scrambles 8] [--sds-size 0] [--repeats 10] [--json out.json]
+
+Prints both step times and ``overhead`` = loss2 step time / plain step time (goal: at most 3).
+``--sds-size`` is the number of examples per scrambled dataset (0: batch / scrambles, the default).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+
+from andor_jax import andor_training, models, train  # noqa: E402
+from common import median_seconds, write_json  # noqa: E402
+
+BATCH = 200
+
+
+def train_config(objective: str, scrambles: int, sds_size: int) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 5e-4, "momentum": 0.9,
+                                        "loss": "cross_entropy", "objective": objective})
+    config.andor = andor_training.default_settings()
+    config.andor.num_scrambles = scrambles
+    config.andor.sds_size = sds_size
+    return config
+
+
+def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median seconds of one step) of the jitted training step."""
+    optimizer = train.make_optimizer(config)
+    projection = lambda params: models.project(model, params)  # noqa: E731
+    state = train.init_state(model, optimizer, x[:1], seed=0, projection=projection)
+    step = jax.jit(train.make_train_step(optimizer, train.make_objective(model, config), projection=projection),
+                   donate_argnums=0)
+    started = time.perf_counter()
+    compiled = step.lower(state, x, y).compile()
+    compile_seconds = time.perf_counter() - started
+
+    def run():
+        nonlocal state
+        state, metrics = compiled(state, x, y)
+        jax.block_until_ready(state.params)
+
+    return compile_seconds, median_seconds(run, repeats=repeats, warmup=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scrambles", type=int, default=8)
+    parser.add_argument("--sds-size", type=int, default=0,
+                        help="examples per scrambled dataset; 0: batch / scrambles (the default of train.andor)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    model = models.build_model(ml_collections.ConfigDict({"name": "andor_lenet"}))
+    kx, ky = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.uniform(kx, (BATCH, 28, 28, 1), minval=-1.0, maxval=1.0)
+    y = jax.random.randint(ky, (BATCH,), 0, 10)
+    plain_compile, plain = step_seconds(model, train_config("supervised", args.scrambles, args.sds_size), x, y,
+                                        args.repeats)
+    andor_compile, andor = step_seconds(model, train_config("andor", args.scrambles, args.sds_size), x, y,
+                                        args.repeats)
+    figures = {"batch": BATCH, "scrambles": args.scrambles, "sds_size": args.sds_size or BATCH // args.scrambles,
+               "plain_step_seconds": plain, "loss2_step_seconds": andor, "overhead": andor / plain,
+               "plain_compile_seconds": plain_compile, "loss2_compile_seconds": andor_compile,
+               "backend": jax.default_backend(), "cpu_count": os.cpu_count()}
+    print(f"plain cross-entropy step: {plain * 1e3:8.1f} ms   (compile {plain_compile:.1f} s)")
+    print(f"cross-entropy + loss2:    {andor * 1e3:8.1f} ms   (compile {andor_compile:.1f} s; type B, "
+          f"{args.scrambles} scrambles of {args.sds_size or BATCH // args.scrambles} examples)")
+    print(f"overhead (loss2 step / plain step): {andor / plain:.2f}x   (goal: at most 3x)")
+    write_json(args.json, figures)
+
+
+if __name__ == "__main__":
+    main()

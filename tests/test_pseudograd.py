@@ -101,3 +101,9 @@ def test_rho_must_be_scalar():
         pseudo_exp(Z, jnp.ones(3))
     with pytest.raises(ValueError, match="at least one axis"):
         shared_feedback_max(jnp.array(1.0))
+
+
+def test_rho_outside_the_unit_interval_is_clipped():
+    z = jnp.array([1.0, 3.0, 2.0])
+    np.testing.assert_allclose(max_grad(z, 2.0), max_grad(z, 1.0))
+    np.testing.assert_allclose(exp_grad(Z, -1.0), exp_grad(Z, 0.0))

@@ -50,6 +50,7 @@ def cotangents(fn, x, u, w, g, rho):
 
 
 def assert_close(actual, expected, rtol=1e-5):
+    """Equal to ``rtol`` relative, entries near zero (cancellations) measured against the largest one."""
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * float(np.max(np.abs(e))))
 

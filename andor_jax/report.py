@@ -82,6 +82,8 @@ def _validate(logits_fn, x, y, attacks, eps_grid, domain, batch_size, gradient_l
         registry.get_spec(name)  # a typo in an override's attack name is an error, not a silent no-op
     domain = common.check_domain(domain)
     common.check_batch(x, y, domain)
+    if len(y) == 0:
+        raise ValueError("x and y hold no examples")
     num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x[:1].shape, x.dtype)).shape[-1]
     common.check_labels(y, num_classes)
     settings = {name: registry.settings_of(name, **overrides.get(name, {})) for name in attacks}
@@ -157,7 +159,9 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
                                              **overrides.get(name, {}))
                 correct[label][k][start:stop] = ~np.asarray(result.broken)[:size]
 
-    accuracy = lambda mask: float(np.mean(mask))
+    def accuracy(mask):
+        return float(np.mean(mask))
+
     attack_accuracy = {label: {k: accuracy(clean_correct & correct[label][k]) for k in keys} for label, _, _ in runs}
     robust = {k: accuracy(clean_correct & np.all([correct[label][k] for label, _, _ in runs], axis=0)) for k in keys}
     norms = {settings[name].get("norm", registry.get_spec(name).norm) for name in attacks}
@@ -366,11 +370,11 @@ def write_report(report: Mapping, workdir: str | os.PathLike) -> dict[str, Path]
     e.g. ``certified_accuracy``, survive), and the markdown and plot show the merged report.
 
     Returns:
-      ``{'json': path, 'markdown': path, 'plot': path}``.
+      ``{'json': path, 'md': path, 'png': path}``.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": workdir / "report.json", "markdown": workdir / "report.md", "plot": workdir / "robustness.png"}
+    paths = {"json": workdir / "report.json", "md": workdir / "report.md", "png": workdir / "robustness.png"}
     merged = {}
     if paths["json"].exists():
         try:
@@ -383,6 +387,6 @@ def write_report(report: Mapping, workdir: str | os.PathLike) -> dict[str, Path]
     temporary = paths["json"].with_suffix(".json.tmp")
     temporary.write_text(json.dumps(merged, indent=2, sort_keys=False) + "\n")
     temporary.replace(paths["json"])
-    paths["markdown"].write_text(format_markdown(merged))
-    plot_report(merged, paths["plot"])
+    paths["md"].write_text(format_markdown(merged))
+    plot_report(merged, paths["png"])
     return paths

@@ -119,6 +119,7 @@ def test_attacks_stay_in_ball_and_domain(name, overrides, domain_index, eps_frac
 @pytest.mark.parametrize("name, overrides, norm", [
     ("fgsm", {}, "linf"),
     ("pgd", FAST["pgd"], "linf"),
+    ("pgd", {"steps": 100, "restarts": 1, "step_rule": "adadelta", "random_start": False}, "linf"),
     ("fgm", {}, "l2"),
     ("pgd-l2", {**FAST["pgd-l2"], "random_start": False}, "l2"),
 ])
@@ -234,7 +235,6 @@ def _mlp(params, x):
 TRAINED_EPS = 0.08
 TRAINED_RUNS = {  # label: (attack, overrides)
     "fgsm": ("fgsm", {}),
-    "ifgsm": ("ifgsm", {}),
     "pgd": ("pgd", {"steps": 20, "restarts": 3}),
     "apgd-ce": ("apgd-ce", {"steps": 20, "restarts": 3}),
 }
@@ -274,7 +274,7 @@ def test_iterative_attacks_are_at_least_as_strong_as_fgsm(trained_net):
     *_, results = trained_net
     fgsm_broken = np.asarray(results["fgsm"].broken)
     assert 0 < fgsm_broken.sum() < fgsm_broken.size, "FGSM must be partly successful for the test to mean anything"
-    for label in ("ifgsm", "pgd", "apgd-ce"):
+    for label in ("pgd", "apgd-ce"):
         broken = np.asarray(results[label].broken)
         assert np.all(broken >= fgsm_broken), f"{label} misses examples that FGSM breaks"
 
@@ -319,15 +319,6 @@ def test_square_schedule_and_layout():
     # on the 10,000-query scale these queries are 10, 20, 50, 200 and 9990
     fractions = [float(square_module.square_fraction(q, 1000, 0.8)) for q in (1, 2, 5, 20, 999)]
     np.testing.assert_allclose(fractions, [0.8, 0.4, 0.4, 0.2, 0.8 / 2**9], rtol=1e-6)
-
-
-def test_square_breaks_a_model_with_zero_gradients():
-    """A quantised input behind stop_gradient: gradient attacks see zeros, the random search does not."""
-    x, y = _binary_inputs(margin=0.3)
-    masked = lambda v: BINARY_NET(jax.lax.stop_gradient(jnp.round(v * 8) / 8) + 0 * v)
-    key = jax.random.PRNGKey(0)
-    assert not attacks.fgsm(masked, x, y, key, eps=0.3).broken.any()
-    assert attacks.square(masked, x, y, key, eps=0.3, n_queries=200).broken.all()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -153,10 +153,10 @@ def test_write_report_merges_and_writes_every_file(small_report, tmp_path):
     assert merged["certified_accuracy"] == {"0.05": 0.5, "0.1": 0.25}
     assert merged["clean_accuracy"] == small_report["clean_accuracy"]
     assert merged["robust_accuracy"] == small_report["robust_accuracy"]
-    markdown = paths["markdown"].read_text()
+    markdown = paths["md"].read_text()
     assert "| eps | fgsm | pgd | square | fgsm[psd] | pgd[psd] | robust (upper bound) | certified (lower bound) | gap |" \
         in markdown
-    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_write_report_refuses_a_corrupt_report(tmp_path):

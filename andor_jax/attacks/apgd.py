@@ -139,11 +139,11 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
-                                    gradient_logits_fn=gradient_logits_fn)
+                                         gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("steps", steps)
     common.check_positive_int("restarts", restarts)
     for setting, value in (("momentum", momentum), ("rho", rho)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")
-    return _apgd(oracle, x, y, key, eps, domain, common.as_scalar(momentum, x), common.as_scalar(rho, x), norm=norm, steps=steps, restarts=restarts,
-                 random_start=bool(random_start), loss=loss)
+    return _apgd(oracle, x, y, key, eps, domain, common.as_scalar(momentum, x), common.as_scalar(rho, x),
+                 norm=norm, steps=steps, restarts=restarts, random_start=bool(random_start), loss=loss)

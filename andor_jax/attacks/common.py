@@ -45,7 +45,8 @@ class AttackResult(NamedTuple):
 # Geometry.
 
 def per_example_norm(v: jax.Array, norm: str) -> jax.Array:
-    """``||v_i||_p`` for every example ``i`` of a batch, as a (batch,) array."""
+    """``||v_i||_p`` for every example ``i`` of a batch, as a (batch,) array; ``norm`` is ``'linf'``,
+    ``'l1'`` or ``'l2'``."""
     flat = v.reshape(v.shape[0], -1)
     if norm == "linf":
         return jnp.max(jnp.abs(flat), axis=1)
@@ -222,6 +223,7 @@ def check_labels(y: jax.Array, num_classes: int) -> None:
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}) (the model has {num_classes} logits), "
                          f"got values in [{labels.min()}, {labels.max()}]")
+
 
 def check_non_negative(setting: str, value) -> None:
     """Raises ValueError unless ``value`` is a finite scalar >= 0 (skipped for tracers)."""

@@ -90,7 +90,7 @@ def deepfool(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm,
-                                    gradient_logits_fn=gradient_logits_fn)
+                                         gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("max_iter", max_iter)
     common.check_non_negative("overshoot", overshoot)
     return _deepfool(oracle, x, y, key, eps, domain, common.as_scalar(overshoot, x), norm=norm, max_iter=max_iter)

@@ -49,7 +49,7 @@ def fgm(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
-                                    gradient_logits_fn=gradient_logits_fn)
+                                         gradient_logits_fn=gradient_logits_fn)
     return _fgm(oracle, x, y, key, eps, domain, norm=norm, loss=loss)
 
 

@@ -13,6 +13,8 @@ Every attack talks to an `Oracle`, never to ``logits_fn`` directly, so that two 
   Decisions use the mean logits over the draws.
 
 A deterministic model is the special case that ignores its key, so one attack implementation serves both.
+Per-example gradients come from differentiating the batch's summed loss, which assumes that the model treats
+examples independently (inference mode: no batch statistics).
 Oracles are frozen dataclasses of functions: hashable, hence usable as static arguments of `jax.jit`.
 """
 from __future__ import annotations

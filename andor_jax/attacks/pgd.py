@@ -102,12 +102,12 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       An `AttackResult`.
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
-                                    gradient_logits_fn=gradient_logits_fn)
+                                         gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("steps", steps)
     common.check_positive_int("restarts", restarts)
     common.check_choice("step_rule", step_rule, STEP_RULES)
     if step_size is None:
         step_size = default_step_size(step_rule, eps, steps)
     common.check_non_negative("step_size", step_size)
-    return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, norm=norm, steps=steps, restarts=restarts,
-                random_start=bool(random_start), loss=loss, step_rule=step_rule)
+    return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, norm=norm, steps=steps,
+                restarts=restarts, random_start=bool(random_start), loss=loss, step_rule=step_rule)

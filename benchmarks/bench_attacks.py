@@ -1,0 +1,171 @@
+"""PGD throughput: our jit-compiled, restart-vmapped `andor_jax.attacks.pgd` against a plain PyTorch eager loop.
+
+The attack is L-inf PGD (Madry et al. 2018) as the MWD paper evaluates it, on a ReLU MLP 784-512-512-512-10:
+``--restarts`` uniform random starts in the eps-ball, ``--steps`` signed steps of ``--step-size`` on the
+cross-entropy, each followed by the projection onto the eps-ball ∩ [0, 1]; an input is broken if the clean
+point or any point of any restart is misclassified.  Both sides use the same weights (random He-initialised
+ones, or a trained `mlp` work directory via ``--checkpoint``) and the same inputs (uniform random, labelled
+by the network itself, or the first MNIST test images via ``--data-dir``).  The PyTorch side is the usual
+eager code: a Python loop over restarts and steps on the whole batch, ``torch.set_num_threads`` set to the
+cores XLA uses.
+
+Reported: examples per second (inputs attacked, all restarts included) for each side, their ratio, and the
+robust accuracy each found (a check that both run the same attack: they draw different random starts, so
+the figures agree only roughly).  Times are medians over ``--rounds`` interleaved rounds after one warm-up
+run each (compilation excluded).  ``--json PATH`` writes the figures, with ``speedup`` = PyTorch time / our
+time.  Nothing is asserted; on a shared machine, read the load average printed with the figures.
+
+    python benchmarks/bench_attacks.py [--n 1000] [--steps 40] [--restarts 10] [--eps 0.3] [--step-size 0.01]
+        [--rounds 3] [--checkpoint WORKDIR] [--data-dir DIR] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from andor_jax import attacks  # noqa: E402
+from common import configure_torch_threads, interleaved_medians, write_json  # noqa: E402
+
+SIZES = (784, 512, 512, 512, 10)
+
+
+def random_weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-initialised ``(kernel (in, out), bias)`` per layer of the 784-512-512-512-10 MLP."""
+    rng = np.random.default_rng(seed)
+    return [((rng.standard_normal((m, n)) * np.sqrt(2.0 / m)).astype(np.float32), np.zeros(n, np.float32))
+            for m, n in zip(SIZES, SIZES[1:])]
+
+
+def trained_weights(workdir: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The dense layers of a trained ReLU `mlp` work directory, in order."""
+    from andor_jax import experiment as experiment_lib
+
+    experiment, variables = experiment_lib.load_trained(workdir)
+    model = experiment.config.model
+    if model.name != "mlp" or model.get("activation", "relu") != "relu":
+        raise ValueError(f"{workdir} holds a {model.name!r} network with {model.get('activation')!r} units; "
+                         "this benchmark attacks a ReLU mlp")
+    params = variables["params"]
+    layers = sorted((name for name in params if "kernel" in params[name]), key=lambda name: int(name.split("_")[1]))
+    weights = [(np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])) for name in layers]
+    shapes = tuple([weights[0][0].shape[0]] + [kernel.shape[1] for kernel, _ in weights])
+    if shapes != SIZES:
+        raise ValueError(f"{workdir} holds an mlp of sizes {shapes}; this benchmark attacks {SIZES}")
+    return weights
+
+
+def jax_mlp(weights):
+    params = [(jnp.asarray(kernel), jnp.asarray(bias)) for kernel, bias in weights]
+
+    def logits_fn(x):
+        for kernel, bias in params[:-1]:
+            x = jax.nn.relu(x @ kernel + bias)
+        kernel, bias = params[-1]
+        return x @ kernel + bias
+
+    return jax.jit(logits_fn)
+
+
+def inputs(n: int, data_dir: str | None, logits_fn) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(x, y, description)``: MNIST test images in [0, 1] from ``data_dir``, or uniform noise labelled by the
+    network (so every input starts correctly classified)."""
+    if data_dir:
+        from andor_jax import data
+
+        dataset = data.load_dataset("mnist", data_dir, source="dir")
+        return dataset.x_test[:n], dataset.y_test[:n], f"first {n} MNIST test images"
+    x = np.random.default_rng(1).uniform(size=(n, SIZES[0])).astype(np.float32)
+    return x, np.asarray(jnp.argmax(logits_fn(x), axis=-1)).astype(np.int32), f"{n} uniform random inputs"
+
+
+def torch_pgd(torch, weights, x, y, *, eps, step_size, steps, restarts, seed=0):
+    """The plain eager loop: restarts and steps in Python, the whole batch at once; returns ``broken``."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = [(torch.tensor(kernel), torch.tensor(bias)) for kernel, bias in weights]
+
+    def logits_of(v):
+        for kernel, bias in layers[:-1]:
+            v = torch.relu(v @ kernel + bias)
+        kernel, bias = layers[-1]
+        return v @ kernel + bias
+
+    lower, upper = torch.clamp(x - eps, min=0.0), torch.clamp(x + eps, max=1.0)
+    with torch.no_grad():
+        broken = logits_of(x).argmax(-1) != y
+    for _ in range(restarts):
+        x_adv = torch.clamp(x + (torch.rand(x.shape, generator=generator) * 2 - 1) * eps, 0.0, 1.0)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            logits = logits_of(x_adv)
+            loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                broken |= logits.argmax(-1) != y
+                x_adv = torch.minimum(torch.maximum(x_adv + step_size * grad.sign(), lower), upper)
+        with torch.no_grad():
+            broken |= logits_of(x_adv).argmax(-1) != y
+    return broken
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="inputs attacked")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--step-size", type=float, default=0.01)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds")
+    parser.add_argument("--checkpoint", default=None, help="work directory of a trained ReLU mlp")
+    parser.add_argument("--data-dir", default=None, help="directory with the MNIST IDX files")
+    parser.add_argument("--json", default=None, help="write the figures to this path")
+    args = parser.parse_args(argv)
+
+    weights = trained_weights(args.checkpoint) if args.checkpoint else random_weights()
+    logits_fn = jax_mlp(weights)
+    x, y, data_description = inputs(args.n, args.data_dir, logits_fn)
+    settings = dict(eps=args.eps, steps=args.steps, restarts=args.restarts, step_size=args.step_size)
+    key = jax.random.PRNGKey(0)
+    x_jax, y_jax = jnp.asarray(x), jnp.asarray(y)
+    torch = configure_torch_threads()
+    x_torch, y_torch = torch.tensor(x), torch.tensor(y, dtype=torch.long)
+    outcome = {}
+
+    def run_jax():
+        outcome["jax"] = attacks.pgd(logits_fn, x_jax, y_jax, key, **settings).broken.block_until_ready()
+
+    def run_torch():
+        outcome["torch"] = torch_pgd(torch, weights, x_torch, y_torch, **settings)
+
+    seconds = interleaved_medians({"jax": run_jax, "torch": run_torch}, rounds=args.rounds)
+    figures = {
+        "attack": f"PGD L-inf, {args.steps} steps of {args.step_size}, {args.restarts} restarts, eps {args.eps}",
+        "model": "ReLU MLP 784-512-512-512-10, " + (f"trained ({args.checkpoint})" if args.checkpoint else
+                                                     "random He-initialised weights"),
+        "data": data_description,
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        "jax_seconds": seconds["jax"],
+        "torch_seconds": seconds["torch"],
+        "jax_examples_per_second": args.n / seconds["jax"],
+        "torch_examples_per_second": args.n / seconds["torch"],
+        "speedup": seconds["torch"] / seconds["jax"],
+        "jax_robust_accuracy": float(1 - np.mean(np.asarray(outcome["jax"]))),
+        "torch_robust_accuracy": float(1 - outcome["torch"].float().mean().item()),
+    }
+    for name, value in figures.items():
+        print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")
+    write_json(args.json, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -178,8 +178,8 @@ def layer_nics(model: Sequential, variables: PyTree, eds: Sequence[jax.Array], k
     """For each layer index in ``layers``: ``(real, scrambled)`` outputs, (batch, ...) under EDS and
     (len(keys), size, ...) under SDS of ``kind``, differentiable with respect to ``variables``.
 
-    Type B recomputes each layer on its real inputs ``eds[i]`` (gradient stopped) and on their scrambles
-    in one call; type A recomputes the whole EDS from ``eds[0]`` and the type A SDS.
+    Type B recomputes each layer on its real inputs ``eds[i]`` (gradient stopped) and on their scrambles;
+    type A recomputes the whole EDS from ``eds[0]`` and the type A SDS.
     """
     if kind not in SCRAMBLE_KINDS:
         raise ValueError(f"unknown scramble kind {kind!r}; choose one of {SCRAMBLE_KINDS}")
@@ -188,14 +188,9 @@ def layer_nics(model: Sequential, variables: PyTree, eds: Sequence[jax.Array], k
         real = extended_dataset(model, variables, eds[0], rho=rho)
         scrambled = sds_type_a(model, variables, eds[0], keys, rho=rho, **options)
         return {i: (real[i + 1], scrambled[i + 1]) for i in layers}
-    result = {}
-    for i in layers:
-        inputs = jax.lax.stop_gradient(eds[i])
-        scrambled = scramble_many(keys, inputs, **options)
-        both = jnp.concatenate([inputs, scrambled.reshape(-1, *inputs.shape[1:])])
-        outputs = apply_layer(model, variables, i, both, rho=rho)
-        result[i] = (outputs[:len(inputs)], outputs[len(inputs):].reshape(*scrambled.shape[:2], *outputs.shape[1:]))
-    return result
+    inputs = {i: jax.lax.stop_gradient(eds[i]) for i in layers}
+    return {i: (apply_layer(model, variables, i, inputs[i], rho=rho),
+                sds_layer(model, variables, i, inputs[i], keys, rho=rho, **options)) for i in layers}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,16 +33,14 @@ FAST = {
     "pgd": {"steps": 3, "restarts": 2},
     "pgd-l2": {"steps": 3, "restarts": 2},
     "pgd-margin": {"steps": 3, "restarts": 2},
+    "pgd-adadelta": {"steps": 3, "restarts": 2, "loss": "squared"},
     "apgd-ce": {"steps": 6, "restarts": 2},
     "apgd-dlr": {"steps": 6},
     "deepfool": {"max_iter": 4},
     "deepfool-l2": {"max_iter": 4},
     "square": {"n_queries": 12},
 }
-VARIANTS = [(name, FAST.get(name, {})) for name in attacks.ATTACKS] + [
-    ("pgd", {"steps": 3, "step_rule": "adadelta", "loss": "squared"}),
-    ("apgd-ce", {"steps": 6, "norm": "l2"}),
-]
+VARIANTS = [(name, FAST.get(name, {})) for name in attacks.ATTACKS] + [("apgd-ce", {"steps": 6, "norm": "l2"})]
 
 
 def _linear(kernel, bias):

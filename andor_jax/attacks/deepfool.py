@@ -50,7 +50,6 @@ def _deepfool(oracle: Oracle, x, y, key, eps, domain, overshoot, *, norm, max_it
     clean_key, loop_key, final_key = jax.random.split(key, 3)
     clean_logits = oracle.logits(x, clean_key)
     reference = jnp.argmax(clean_logits, axis=-1)
-
     query_keys = jax.random.split(loop_key, max_iter)
 
     def unfinished(state):

@@ -57,6 +57,10 @@ ATTACKS: dict[str, AttackSpec] = {
     "pgd-margin": _spec(pgd, "PGD L-inf on the CW margin loss (Carlini & Wagner 2017)", "linf", "iterative",
                         norm="linf", steps=40, restarts=10, step_size=None, random_start=True, loss="margin",
                         step_rule="sign"),
+    "pgd-adadelta": _spec(pgd, "PGD L-inf with AdaDelta steps (lr 1, rho 0.9, eps 1e-6) from uniform random "
+                          "starts: the MWD paper's attack (Agrawal, de Alfaro & Helmbold)", "linf", "iterative",
+                          norm="linf", steps=100, restarts=10, step_size=1.0, random_start=True, loss="ce",
+                          step_rule="adadelta"),
     "apgd-ce": _spec(apgd, "APGD L-inf on cross-entropy (Croce & Hein 2020)", "linf", "iterative", norm="linf",
                      steps=100, restarts=1, loss="ce", random_start=True, momentum=0.75, rho=0.75),
     "apgd-dlr": _spec(apgd, "APGD L-inf on the DLR loss (Croce & Hein 2020)", "linf", "iterative", norm="linf",

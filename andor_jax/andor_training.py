@@ -95,6 +95,15 @@ def weighted_mix(ce_grads, loss2_grads, ce_weight: float, loss2_weight: float):
 # The objective
 
 
+def training_outputs(model: Sequential, params, model_state, x: jax.Array, rho, key: jax.Array):
+    """The EDS of a training forward pass (dropout drawn from ``key``, batch statistics updated) and the
+    new non-parameter collections: ``(eds, new_model_state)``."""
+    variables, rngs = {"params": params, **model_state}, {"dropout": key}
+    if not model_state:
+        return model.apply(variables, x, train=True, rho=rho, rngs=rngs, method="outputs"), model_state
+    return model.apply(variables, x, train=True, rho=rho, rngs=rngs, method="outputs", mutable=list(model_state))
+
+
 def andor_objective(model: Sequential, train_config: ml_collections.ConfigDict) -> train.Objective:
     """``objective(params, model_state, x, y, key, rho) -> (grads, new_model_state, metrics)`` mixing the
     gradients of the configured loss (``train.loss``) and loss2 (module docstring).  Metrics: ``loss``
@@ -110,13 +119,7 @@ def andor_objective(model: Sequential, train_config: ml_collections.ConfigDict) 
         scored = [i for i, consumer in consumers.items() if consumer is not None]
 
         def forward(p):
-            variables = {"params": p, **model_state}
-            rngs = {"dropout": dropout_key}
-            if model_state:
-                eds, new_state = model.apply(variables, x, train=True, rho=rho, rngs=rngs, method="outputs",
-                                             mutable=list(model_state))
-            else:
-                eds, new_state = model.apply(variables, x, train=True, rho=rho, rngs=rngs, method="outputs"), {}
+            eds, new_state = training_outputs(model, p, model_state, x, rho, dropout_key)
             return eds[-1], (eds, new_state)
 
         outputs, backward, (eds, new_state) = jax.vjp(forward, params, has_aux=True)

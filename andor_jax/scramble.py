@@ -35,6 +35,7 @@ from andor_jax.models import Sequential, call_layer
 
 PyTree = dict
 SCRAMBLE_KINDS = ("A", "B")
+SCRAMBLE_UNITS = ("element", "location", "channel")
 # Connection weights by parameter name, and the axis of each that runs over the layer's inputs:
 # Dense (in, out) and Conv (kh, kw, in, out) kernels (AND/OR layers too); MWD's centres and scales (out, in).
 CONNECTION_AXES = {"kernel": -2, "u": -1, "w": -1}
@@ -52,9 +53,6 @@ def extended_dataset(model: Sequential, variables: PyTree, x: jax.Array, *, rho=
 def apply_layer(model: Sequential, variables: PyTree, index: int, x: jax.Array, *, rho=None) -> jax.Array:
     """Layer ``index`` of ``model`` alone applied to ``x`` (as `Sequential` calls it)."""
     return model.apply(variables, x, method=lambda module, x: call_layer(module.layers[index], x, rho=rho))
-
-
-SCRAMBLE_UNITS = ("element", "location", "channel")
 
 
 def bit_generator_key(key: jax.Array) -> jax.Array:
@@ -256,8 +254,12 @@ def participation(model: Sequential, variables: PyTree, x: jax.Array, *, rho=Non
     result carries no gradient)."""
     params = variables["params"]
     consumers = neuron_layers(model, params)
-    eds = extended_dataset(model, variables, x, rho=rho)
-    grads = jax.grad(lambda p: output_magnitude(model.apply({**variables, "params": p}, x, rho=rho)))(params)
+
+    def magnitude(p):
+        eds = extended_dataset(model, {**variables, "params": p}, x, rho=rho)
+        return output_magnitude(eds[-1]), eds
+
+    grads, eds = jax.grad(magnitude, has_aux=True)(params)
     channels = {i: eds[i + 1].shape[-1] for i in consumers}
     return jax.lax.stop_gradient(participation_from_grads(model, grads, channels, consumers))
 

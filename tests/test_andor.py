@@ -12,7 +12,7 @@ from andor_jax import andor_training, models, train
 from andor_jax.interval import Interval
 from andor_jax.layers.andor import (AndActivation, AndOrConv, AndOrDense, and_activation, andor_lenet, l1_project,
                                     lenet)
-from andor_jax.layers.standard import Conv, Dense, Flatten, MaxPool
+from andor_jax.layers.standard import Activation, BatchNorm, Conv, Dense, Flatten, MaxPool
 from andor_jax.models import Sequential
 
 
@@ -244,3 +244,15 @@ def test_andor_objective_steps_reduce_both_losses():
     assert np.all(last < first), history
     p, n = norms(np.asarray(state.params["layers_4"]["kernel"]))
     assert np.all(p <= 1 + 1e-5) and np.all(n <= p + 1e-5)
+
+
+def test_andor_objective_updates_batch_statistics_and_works_on_baselines():
+    model = Sequential((BatchNorm(), Flatten(), Dense(5), Activation("sigmoid"), Dense(3)))
+    config = ml_collections.ConfigDict({"loss": "cross_entropy"})
+    x, y = block_data(32, 1)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    objective = andor_training.andor_objective(model, config)
+    grads, new_state, metrics = jax.jit(objective)(params, model_state, x, y, jax.random.PRNGKey(1), 0.0)
+    assert not np.allclose(new_state["batch_stats"]["layers_0"]["mean"], model_state["batch_stats"]["layers_0"]["mean"])
+    assert np.any(grads["layers_2"]["kernel"] != 0) and np.isfinite(float(metrics["loss2"]))

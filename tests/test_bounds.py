@@ -42,7 +42,7 @@ def assert_contains(boxes, outputs, tol=1e-5):
         assert np.all(np.asarray(out) <= np.asarray(box.upper) + tol), f"layer {index}: above the upper bound"
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), activation=st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "mish"]),
        kind=st.sampled_from(["dense", "conv"]), domain=st.sampled_from(DOMAINS),
        eps=st.floats(0.0, 0.5))

@@ -35,7 +35,7 @@ class Experiment:
                  dataset: data.Dataset | None = None):
         self.config = config
         self.dataset = dataset if dataset is not None else load_data(config.data, data_dir)
-        self.model = models.build_model(config.model)
+        self.model = models.build_model(config.model)  # also registers the families' objectives
         self.optimizer = train.make_optimizer(config.train)
         self.projection = lambda params: models.project(self.model, params)
 
@@ -103,7 +103,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
             started = time.time()
             bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        disable=not progress, leave=False, file=sys.stderr)
-            sums = {"loss": 0.0, "accuracy": 0.0}
+            sums: dict[str, float] = {}
             count = 0
             for x, y in data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
                                      start_batch=first_batch):
@@ -112,8 +112,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                 count += 1
                 if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
                     fetched = jax.device_get(metrics)
-                    for key in sums:
-                        sums[key] += float(fetched[key])
+                    for key, value in fetched.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
                     bar.set_postfix(loss=f"{float(fetched['loss']):.4f}", acc=f"{float(fetched['accuracy']):.3f}")
                 bar.update(1)
                 ckpt.save(state, fingerprint)

@@ -48,8 +48,8 @@ class Sequential(nn.Module):
 
 
 def project(model: Sequential, params: dict) -> dict:
-    """Applies every layer's constraint projection (``layer.project(layer_params) -> layer_params``, a
-    static method on the layer class, e.g. MWD clipping or AND/OR L1 normalisation) to ``params``."""
+    """Applies every layer's constraint projection (``layer.project(layer_params) -> layer_params``, e.g.
+    MWD clipping or AND/OR L1 normalisation) to ``params``."""
     projected = dict(params)
     for index, layer in enumerate(model.layers):
         name = f"layers_{index}"
@@ -107,10 +107,11 @@ def build_model(config: ml_collections.ConfigDict) -> Sequential:
 
 
 def _import_architecture_families() -> None:
-    """Imports the modules that register further architectures (MWD, AND/OR), if present."""
+    """Imports the modules that register further architectures, objectives and gradient transforms
+    (MWD, AND/OR)."""
     import importlib
 
-    for module in ("andor_jax.layers.mwd", "andor_jax.layers.andor"):
+    for module in ("andor_jax.layers.mwd", "andor_jax.layers.andor", "andor_jax.andor_training"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -297,8 +297,3 @@ def lenet(num_classes: int = 10, activation: str = "relu") -> tuple:
 
 register("andor_lenet", andor_lenet)
 register("lenet", lenet)
-
-# The engine finds objectives and gradient transforms by name; `models.build_model` imports this module,
-# so importing the AND/OR training pieces here makes 'andor' and 'weight_concentration' known to every
-# run that builds a model (also when a trained run is reloaded from its config.json).
-import andor_jax.andor_training  # noqa: E402,F401

@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.evaluate.eps = "0.05:0.5:0.05"
     config.evaluate.limit = 1000           # examples attacked; 0: the whole test set
     config.evaluate.batch_size = 500
+    config.evaluate.attack_settings = ml_collections.ConfigDict()  # e.g. {"pgd": {"restarts": 1}}
     config.evaluate.pseudo_gradient_attacks = False  # also run every attack with pseudo-gradients ([psd])
     config.evaluate.certify = False
     return config

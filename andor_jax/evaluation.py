@@ -42,13 +42,21 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
         logits_fn, x, y, attacks=attack_names, eps_grid=eps_grid, domain=domain,
         key=jax.random.PRNGKey(experiment.config.seed), batch_size=settings.batch_size,
         gradient_logits_fns={"psd": experiment.logits_fn(variables, rho=1.0)} if psd else None,
-        overrides=attack_settings, progress=progress)
+        overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress)
     result["model"] = experiment.config.model.to_dict()
     result["data"] = {"dataset": experiment.config.data.dataset, "source": experiment.dataset.source,
                       "domain": list(domain)}
     if certify or settings.get("certify", False):
         result.update(_certified(experiment, variables, x, y, eps_grid))
     return report_lib.write_report(result, output_dir or workdir)
+
+
+def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dict]:
+    """Attack settings of the run's config, overridden per setting by those given on the command line."""
+    merged = {name: dict(values) for name, values in (configured.to_dict() if configured else {}).items()}
+    for name, values in (given or {}).items():
+        merged.setdefault(name, {}).update(values)
+    return merged
 
 
 def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None, output_dir=None):

@@ -144,3 +144,27 @@ def test_order_preserving_output_activation_does_not_change_the_certificate():
     assert bounds.last_affine_layer(models.Sequential((*core, Activation("relu")))) is None
     assert (bounds.certified_accuracy(with_sigmoid, variables, x, y, grid, domain=(0.0, 1.0))
             == bounds.certified_accuracy(without, variables, x, y, grid, domain=(0.0, 1.0)))
+
+
+@pytest.mark.parametrize("architecture", ["relu", "mwd"])
+def test_attacked_points_stay_inside_the_bounds_and_certified_examples_are_never_broken(architecture):
+    from andor_jax.attacks import pgd
+    from andor_jax.layers.mwd import mwd_network
+
+    rng = np.random.default_rng(8)
+    layers = ((Dense(24), Activation("relu"), Dense(4)) if architecture == "relu"
+              else mwd_network(hidden=(12,), num_classes=4, kinds=("u", "neg")))
+    model = models.Sequential(tuple(layers))
+    x = rng.uniform(size=(64, 10)).astype(np.float32)
+    variables = model.init(jax.random.key(9), x)
+    y = np.asarray(jnp.argmax(model.apply(variables, x), -1))  # every example correct when clean
+    logits_fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
+    eps = 0.1 if architecture == "relu" else 0.3  # some examples certified, some broken
+    attacked = pgd(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps, domain=(0.0, 1.0), steps=20, restarts=2,
+                   loss="margin")
+    boxes = bounds.layer_intervals(model, variables, bounds.input_box(jnp.asarray(x), eps, (0.0, 1.0)))
+    assert_contains(boxes, model.apply(variables, attacked.x_adv, method=models.Sequential.outputs))
+    certified = np.asarray(bounds.certified(model, variables, x, y, eps, (0.0, 1.0),
+                                            "affine" if architecture == "relu" else "plain"))
+    assert not np.any(certified & np.asarray(attacked.broken))
+    assert 0 < certified.mean() <= 1 - np.asarray(attacked.broken).mean() < 1  # both sides non-trivial

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 import sys
 import time
 import warnings
@@ -97,6 +98,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     step = int(state.step)
     if step:
         print(f"resuming from checkpoint at step {step} (epoch {step // steps_per_epoch + 1})", file=sys.stderr)
+    previous_handler = _interrupt_on_sigterm()
     try:
         while step < total_steps and (stop_at_step is None or step < stop_at_step):
             epoch, first_batch = divmod(step, steps_per_epoch)
@@ -138,9 +140,24 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
         print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
               f"run the same command again to resume", file=sys.stderr)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     ckpt.save(state, fingerprint, force=True)
     ckpt.close()
     return state
+
+
+def _interrupt_on_sigterm():
+    """Makes SIGTERM (a job scheduler, `kill`) interrupt training like Ctrl-C, so that the interruption
+    saves a checkpoint; returns the previous handler, or None off the main thread where none can be set."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return None
 
 
 def variables_of(state: train.TrainState) -> dict:

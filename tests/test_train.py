@@ -141,3 +141,30 @@ def test_four_devices_give_the_parameters_of_one(tmp_path, synthetic_mnist_dir):
 def test_batch_not_divisible_by_devices_is_a_clear_error():
     with pytest.raises(ValueError, match="batch size 7 is not divisible by the 2 devices"):
         train.DataParallel.create(num_devices=2, batch_size=7)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, synthetic_mnist_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys\n"
+        "from andor_jax import config as c, experiment\n"
+        "cfg = c.apply_overrides(c.load_config('relu_mlp_mnist'), ['model.hidden=(32,)', 'train.epochs=500',\n"
+        "    'train.batch_size=40', 'train.checkpoint_every_steps=100000', 'data.source=dir'])\n"
+        f"experiment.fit(cfg, {str(tmp_path)!r}, data_dir={str(synthetic_mnist_dir)!r}, progress=False)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "XLA_FLAGS": ""})
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    import re
+
+    interrupted_at = int(re.search(r"interrupted at step (\d+): checkpoint saved", stderr).group(1))
+    steps = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
+    assert interrupted_at >= 25 and interrupted_at in steps  # the step it stopped at is on disk

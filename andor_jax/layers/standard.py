@@ -133,30 +133,30 @@ class Flatten(nn.Module):
         return Interval(self(bounds.lower), self(bounds.upper))
 
 
-class MaxPool(nn.Module):
-    """Max pooling over NHWC windows (monotone in every input, so endpoints map to endpoints)."""
+class _Pool(nn.Module):
+    """Pooling over NHWC windows by ``reduce`` (a monotone map, so endpoints map to endpoints)."""
 
     window: tuple[int, int] = (2, 2)
     strides: tuple[int, int] | None = None
+    reduce = None  # class attribute of each subclass: nn.max_pool or nn.avg_pool
 
     def __call__(self, x, *, train: bool = False):
-        return nn.max_pool(x, self.window, strides=self.strides or self.window)
+        return self.reduce(x, self.window, strides=self.strides or self.window)
 
     def interval(self, bounds: Interval) -> Interval:
         return monotone(self, bounds)
 
 
-class AvgPool(nn.Module):
+class MaxPool(_Pool):
+    """Max pooling over NHWC windows (monotone in every input)."""
+
+    reduce = staticmethod(nn.max_pool)
+
+
+class AvgPool(_Pool):
     """Average pooling over NHWC windows (a non-negative linear map, hence monotone)."""
 
-    window: tuple[int, int] = (2, 2)
-    strides: tuple[int, int] | None = None
-
-    def __call__(self, x, *, train: bool = False):
-        return nn.avg_pool(x, self.window, strides=self.strides or self.window)
-
-    def interval(self, bounds: Interval) -> Interval:
-        return monotone(self, bounds)
+    reduce = staticmethod(nn.avg_pool)
 
 
 class Dropout(nn.Module):

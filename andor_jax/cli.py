@@ -12,24 +12,7 @@ import pathlib
 import sys
 
 from andor_jax import config as config_lib
-
-
-def parse_eps(text: str) -> list[float]:
-    """``0.05:0.5:0.05`` (start:stop:step, stop included) or ``0.1,0.3``; each value must be >= 0."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError("step must be positive")
-            count = int(round((stop - start) / step)) + 1
-            values = [round(start + i * step, 10) for i in range(count)]
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"cannot read eps grid {text!r} (use start:stop:step or a,b,c): {err}") from err
-    if not values or any(v < 0 for v in values):
-        raise ValueError(f"eps grid {text!r} must list values >= 0")
-    return values
+from andor_jax.config import parse_eps
 
 
 def parse_attack_settings(items: list[str]) -> dict[str, dict]:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from andor_jax import experiment as experiment_lib
+from andor_jax.config import parse_eps
 from andor_jax import report as report_lib
 
 
@@ -28,12 +29,10 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Unset arguments come from the run's ``evaluate`` config block.
     """
-    from andor_jax import cli
-
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
     settings = experiment.config.evaluate
     attack_names = [a for a in (settings.attacks if attacks is None else attacks).split(",") if a]
-    eps_grid = eps if eps is not None else cli.parse_eps(settings.eps)
+    eps_grid = eps if eps is not None else parse_eps(settings.eps)
     x, y = _test_split(experiment, settings.limit if limit is None else limit)
     domain = tuple(experiment.config.data.domain)
     logits_fn = jax.jit(experiment.logits_fn(variables, rho=0.0))
@@ -61,10 +60,8 @@ def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dic
 
 def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None, output_dir=None):
     """Certified accuracy only (interval bound propagation), merged into the work directory's report."""
-    from andor_jax import cli
-
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
-    eps_grid = eps if eps is not None else cli.parse_eps(experiment.config.evaluate.eps)
+    eps_grid = eps if eps is not None else parse_eps(experiment.config.evaluate.eps)
     x, y = _test_split(experiment, limit if limit is not None else 0)
     result = {"n_examples": int(len(x))}
     result.update(_certified(experiment, variables, x, y, eps_grid))

@@ -20,6 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from andor_jax import bounds, config as config_lib, data, experiment, models  # noqa: E402
+from andor_jax.config import parse_eps  # noqa: E402
 from common import write_json  # noqa: E402
 
 
@@ -52,8 +53,6 @@ def main():
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    from andor_jax.cli import parse_eps
-
     model, variables, x, y = load(args)
     grid = parse_eps(args.eps)
     bounds.certified_accuracy(model, variables, x[:args.batch_size], y[:args.batch_size], grid[:1],

@@ -98,66 +98,82 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     step = int(state.step)
     if step:
         print(f"resuming from checkpoint at step {step} (epoch {step // steps_per_epoch + 1})", file=sys.stderr)
-    previous_handler = _interrupt_on_sigterm()
-    try:
-        while step < total_steps and (stop_at_step is None or step < stop_at_step):
-            epoch, first_batch = divmod(step, steps_per_epoch)
-            started = time.time()
-            bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not progress, leave=False, file=sys.stderr)
-            sums: dict[str, float] = {}
-            count = 0
-            for x, y in data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
-                                     start_batch=first_batch):
-                state, metrics = step_fn(state, *parallel.shard_batch(x, y))
-                step += 1
-                count += 1
-                if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
-                    fetched = jax.device_get(metrics)
-                    for key, value in fetched.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                    bar.set_postfix(loss=f"{float(fetched['loss']):.4f}", acc=f"{float(fetched['accuracy']):.3f}")
-                bar.update(1)
-                ckpt.save(state, fingerprint)
-                if stop_at_step is not None and step >= stop_at_step:
-                    break
-            bar.close()
-            if step % steps_per_epoch == 0:
-                ckpt.save(state, fingerprint, force=True)
-                test_accuracy = accuracy(evaluate_fn, variables_of(state), ds.x_test, ds.y_test)
-                record = {"epoch": epoch + 1, "step": step, "test_accuracy": test_accuracy,
-                          "seconds": round(time.time() - started, 2)}
-                logged = max(1, count // tc.log_every_steps)
-                record.update({f"train_{k}": round(v / logged, 5) for k, v in sums.items()})
-                with open(workdir / "metrics.jsonl", "a") as log:
-                    log.write(json.dumps(record) + "\n")
-                if progress:
-                    print(f"epoch {epoch + 1}: test accuracy {test_accuracy:.4f} ({record['seconds']} s)",
-                          file=sys.stderr)
-    except KeyboardInterrupt:
+    with StopRequest() as stop:
+        try:
+            while step < total_steps and (stop_at_step is None or step < stop_at_step) and not stop.requested:
+                epoch, first_batch = divmod(step, steps_per_epoch)
+                started = time.time()
+                bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                           disable=not progress, leave=False, file=sys.stderr)
+                sums: dict[str, float] = {}
+                count = 0
+                for x, y in data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
+                                         start_batch=first_batch):
+                    state, metrics = step_fn(state, *parallel.shard_batch(x, y))
+                    step += 1
+                    count += 1
+                    if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
+                        fetched = jax.device_get(metrics)
+                        for key, value in fetched.items():
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                        bar.set_postfix(loss=f"{float(fetched['loss']):.4f}",
+                                        acc=f"{float(fetched['accuracy']):.3f}")
+                    bar.update(1)
+                    ckpt.save(state, fingerprint)
+                    if stop.requested or (stop_at_step is not None and step >= stop_at_step):
+                        break
+                bar.close()
+                if step % steps_per_epoch == 0:
+                    ckpt.save(state, fingerprint, force=True)
+                    record = {"epoch": epoch + 1, "step": step,
+                              "test_accuracy": accuracy(evaluate_fn, variables_of(state), ds.x_test, ds.y_test),
+                              "seconds": round(time.time() - started, 2)}
+                    logged = max(1, count // tc.log_every_steps)
+                    record.update({f"train_{k}": round(v / logged, 5) for k, v in sums.items()})
+                    with open(workdir / "metrics.jsonl", "a") as log:
+                        log.write(json.dumps(record) + "\n")
+                    if progress:
+                        print(f"epoch {epoch + 1}: test accuracy {record['test_accuracy']:.4f} "
+                              f"({record['seconds']} s)", file=sys.stderr)
+        except KeyboardInterrupt:  # a second signal: stop at once, but still try to save
+            stop.requested = True
         ckpt.save(state, fingerprint, force=True)
         ckpt.close()
+    if stop.requested:
         print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
               f"run the same command again to resume", file=sys.stderr)
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-    ckpt.save(state, fingerprint, force=True)
-    ckpt.close()
+        raise KeyboardInterrupt
     return state
 
 
-def _interrupt_on_sigterm():
-    """Makes SIGTERM (a job scheduler, `kill`) interrupt training like Ctrl-C, so that the interruption
-    saves a checkpoint; returns the previous handler, or None off the main thread where none can be set."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+class StopRequest:
+    """Within ``with StopRequest() as stop``, Ctrl-C (SIGINT) and SIGTERM (a job scheduler, `kill`) set
+    ``stop.requested`` instead of raising, so that training stops between two steps and saves a
+    checkpoint, never in the middle of writing one.  A second signal raises `KeyboardInterrupt` at once.
+    Off the main thread no handler can be installed and signals keep their default behaviour."""
 
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        return None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def variables_of(state: train.TrainState) -> dict:

@@ -165,6 +165,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, synthetic_mnis
     _, stderr = process.communicate(timeout=120)
     import re
 
-    interrupted_at = int(re.search(r"interrupted at step (\d+): checkpoint saved", stderr).group(1))
+    found = re.search(r"interrupted at step (\d+): checkpoint saved", stderr)
+    assert found, stderr
+    interrupted_at = int(found.group(1))
     steps = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
     assert interrupted_at >= 25 and interrupted_at in steps  # the step it stopped at is on disk

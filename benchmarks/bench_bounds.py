@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--n", type=int, default=10_000, help="test examples certified")
     parser.add_argument("--eps", default="0.05:0.5:0.05")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model, variables, x, y = load(args)

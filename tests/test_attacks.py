@@ -294,6 +294,27 @@ def test_attacks_compose_with_a_callers_jit():
     np.testing.assert_array_equal(jitted.broken, eager.broken)
 
 
+def test_pgd_stops_once_the_whole_batch_is_broken_with_the_same_verdict():
+    """With ``stop_when_all_broken`` a batch broken after one step costs about one step, not ``steps``; the
+    verdict is that of the full run.  The model counts its own evaluations through a host callback."""
+    evaluations = []
+
+    def counting_net(x):
+        jax.debug.callback(lambda: evaluations.append(1))
+        return MULTI_NET(x)
+
+    x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
+    outcomes = {}
+    for stop in (True, False):
+        evaluations.clear()
+        result = attacks.pgd(counting_net, x, y, jax.random.PRNGKey(0), eps=0.5, steps=30, restarts=2,
+                             stop_when_all_broken=stop)
+        outcomes[stop] = (np.asarray(result.broken), len(evaluations))
+    assert outcomes[True][0].all(), "eps 0.5 must break every input of the linear model"
+    np.testing.assert_array_equal(outcomes[True][0], outcomes[False][0])
+    assert outcomes[True][1] * 5 < outcomes[False][1], outcomes
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Pieces with known values.
 

@@ -14,6 +14,8 @@ onto the eps-ball ∩ domain (`andor_jax.attacks.common.project`):
   rule of the MWD paper's PGD (Agrawal, de Alfaro & Helmbold).
 
 An input counts as broken if any evaluated point of any restart (the clean input included) is misclassified.
+The restarts advance together, one vmapped step at a time, and stop once every input of the batch is broken
+(``stop_when_all_broken``): a batch that is fully broken after a few steps costs those few steps only.
 """
 from __future__ import annotations
 
@@ -46,38 +48,51 @@ def default_step_size(step_rule: str, eps, steps: int):
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "restarts", "random_start", "loss",
-                                             "step_rule"))
+                                             "step_rule", "stop_when_all_broken"))
 def _pgd(oracle: Oracle, x, y, key, eps, step_size, domain, *, norm, steps, restarts, random_start, loss,
-         step_rule) -> common.AttackResult:
+         step_rule, stop_when_all_broken) -> common.AttackResult:
     loss_fn = LOSSES[loss]
     rule = ascent_rule(step_rule, norm, step_size)
     clean_key, start_key, steps_key, final_key = jax.random.split(key, 4)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
 
-    def one_restart(x_start, step_keys, final_key):
-        def step(carry, step_key):
-            x_t, rule_state, found, broken = carry
-            logits, _, grads = oracle.loss_and_grad(loss_fn, x_t, y, step_key)
-            found, broken = common.record_misclassified(found, broken, x_t, logits, y)
-            updates, rule_state = rule.update(grads, rule_state, x_t)
-            return (common.project(x_t + updates, x, eps, domain, norm), rule_state, found, broken), None
+    def step_one_restart(x_t, rule_state, found, broken, step_key):
+        logits, _, grads = oracle.loss_and_grad(loss_fn, x_t, y, step_key)
+        found, broken = common.record_misclassified(found, broken, x_t, logits, y)
+        updates, rule_state = rule.update(grads, rule_state, x_t)
+        return common.project(x_t + updates, x, eps, domain, norm), rule_state, found, broken
 
-        carry = (x_start, rule.init(x_start), x, clean_broken)
-        (x_last, _, found, broken), _ = jax.lax.scan(step, carry, step_keys)
+    step_all = jax.vmap(step_one_restart)
+    step_keys = jax.random.split(steps_key, (steps, restarts))
+
+    def unfinished(state):
+        t, *_, broken = state
+        more = t < steps
+        return more & ~jnp.all(jnp.any(broken, axis=0)) if stop_when_all_broken else more
+
+    def iterate(state):
+        t, x_t, rule_state, found, broken = state
+        return (t + 1, *step_all(x_t, rule_state, found, broken, step_keys[t]))
+
+    x_start = common.starting_points(start_key, x, eps, domain, norm, restarts, random_start)
+    state = (0, x_start, jax.vmap(rule.init)(x_start), jnp.broadcast_to(x, x_start.shape),
+             jnp.broadcast_to(clean_broken, (restarts,) + clean_broken.shape))
+    _, x_last, _, found, broken = jax.lax.while_loop(unfinished, iterate, state)
+
+    def finish_one_restart(x_last, found, broken, final_key):
         logits = oracle.logits(x_last, final_key)
         found, broken = common.record_misclassified(found, broken, x_last, logits, y)
         return jnp.where(common.per_example(broken, x), found, x_last), broken, loss_fn(logits, y)
 
-    x_adv, broken, final_loss = jax.vmap(one_restart)(
-        common.starting_points(start_key, x, eps, domain, norm, restarts, random_start),
-        jax.random.split(steps_key, (restarts, steps)), jax.random.split(final_key, restarts))
+    x_adv, broken, final_loss = jax.vmap(finish_one_restart)(x_last, found, broken,
+                                                             jax.random.split(final_key, restarts))
     return common.best_of_restarts(x_adv, broken, final_loss)
 
 
 def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
         domain=(0.0, 1.0), norm: str = "linf", steps: int = 40, restarts: int = 1, step_size=None,
         random_start: bool = True, loss: str = "ce", step_rule: str = "sign",
-        gradient_logits_fn: LogitsFn | None = None) -> common.AttackResult:
+        gradient_logits_fn: LogitsFn | None = None, stop_when_all_broken: bool = True) -> common.AttackResult:
     """PGD with restarts (vmapped) against ``logits_fn``.
 
     Args:
@@ -97,6 +112,9 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       step_rule: ``'sign'`` or ``'adadelta'`` (see the module docstring).
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values; BPDA,
         pseudo-gradients).
+      stop_when_all_broken: end every restart as soon as each input of the batch is broken by some
+        restart.  ``broken`` is the same as with every step run (an input once broken stays broken); the
+        steps skipped could only have found other misclassified points.  False runs all ``steps``.
 
     Returns:
       An `AttackResult`.
@@ -110,4 +128,5 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
         step_size = default_step_size(step_rule, eps, steps)
     common.check_non_negative("step_size", step_size)
     return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, norm=norm, steps=steps,
-                restarts=restarts, random_start=bool(random_start), loss=loss, step_rule=step_rule)
+                restarts=restarts, random_start=bool(random_start), loss=loss, step_rule=step_rule,
+                stop_when_all_broken=bool(stop_when_all_broken))

@@ -18,9 +18,8 @@ Each step (the paper's training cycle; the L1 projection is the layers' `project
 
 4. weight concentration, if listed in ``train.gradient_transforms``: ``g <- g |w|``.
 
-The author trains the first 20 epochs on loss2 alone.  Objectives do not see the step, so the mix is
-constant within a run; the warm-up is a first run with ``train.andor.ce_weight=0`` for 20 epochs, resumed
-by a second with the full number of epochs and the default weights.
+The author trains the first 20 epochs on loss2 alone: ``loss2_only_epochs`` (traced, so the switch to the
+full mix recompiles nothing).
 """
 from __future__ import annotations
 
@@ -45,6 +44,7 @@ def default_settings() -> ml_collections.ConfigDict:
     settings.mix = "author"               # author | weighted
     settings.ce_weight = 1.0
     settings.loss2_weight = 0.7
+    settings.loss2_only_epochs = 20       # first epochs trained on loss2 alone (ce_weight 0)
     settings.concentration_per_neuron = False  # weight concentration: |w| / max |w| of the neuron
     return settings
 
@@ -62,6 +62,8 @@ def settings_of(train_config: ml_collections.ConfigDict) -> ml_collections.Confi
     if settings.scramble not in scramble.SCRAMBLE_KINDS:
         raise ValueError(f"unknown train.andor.scramble {settings.scramble!r}; choose one of "
                          f"{scramble.SCRAMBLE_KINDS}")
+    if settings.loss2_only_epochs < 0:
+        raise ValueError(f"train.andor.loss2_only_epochs must be >= 0, got {settings.loss2_only_epochs}")
     if settings.num_scrambles < 1 or settings.sds_size < 0:
         raise ValueError(f"train.andor.num_scrambles must be >= 1 and sds_size >= 0, got "
                          f"{settings.num_scrambles} and {settings.sds_size}")
@@ -104,16 +106,21 @@ def training_outputs(model: Sequential, params, model_state, x: jax.Array, rho, 
     return model.apply(variables, x, train=True, rho=rho, rngs=rngs, method="outputs", mutable=list(model_state))
 
 
-def andor_objective(model: Sequential, train_config: ml_collections.ConfigDict) -> train.Objective:
-    """``objective(params, model_state, x, y, key, rho) -> (grads, new_model_state, metrics)`` mixing the
-    gradients of the configured loss (``train.loss``) and loss2 (module docstring).  Metrics: ``loss``
-    (the supervised loss), ``accuracy``, ``loss2`` and ``hypersat`` (mean over the loss2 neurons)."""
+def andor_objective(model: Sequential, train_config: ml_collections.ConfigDict,
+                    steps_per_epoch: int = 1) -> train.Objective:
+    """``objective(params, model_state, x, y, key, rho, step) -> (grads, new_model_state, metrics)`` mixing
+    the gradients of the configured loss (``train.loss``) and loss2 (module docstring); before step
+    ``loss2_only_epochs * steps_per_epoch`` the supervised loss has weight 0.  Metrics: ``loss`` (the
+    supervised loss), ``accuracy``, ``loss2``, ``hypersat`` (mean over the loss2 neurons) and
+    ``ce_weight``."""
     settings = settings_of(train_config)
     supervised_loss = train.get_loss(train_config.loss)
     mix = author_mix if settings.mix == "author" else weighted_mix
     options = {"kind": settings.scramble, "unit": settings.unit}
 
-    def objective(params, model_state, x, y, key, rho):
+    warmup_steps = settings.loss2_only_epochs * steps_per_epoch
+
+    def objective(params, model_state, x, y, key, rho, step):
         dropout_key, scramble_key = jax.random.split(key)
         consumers = scramble.neuron_layers(model, params)
         scored = [i for i, consumer in consumers.items() if consumer is not None]
@@ -139,9 +146,10 @@ def andor_objective(model: Sequential, train_config: ml_collections.ConfigDict) 
             return scramble.loss2(hypersats, partfs), hypersats
 
         (loss2, hypersats), loss2_grads = jax.value_and_grad(loss2_fn, has_aux=True)(params)
-        grads = mix(ce_grads, loss2_grads, settings.ce_weight, settings.loss2_weight)
+        ce_weight = jnp.where(step < warmup_steps, 0.0, settings.ce_weight)
+        grads = mix(ce_grads, loss2_grads, ce_weight, settings.loss2_weight)
         metrics = {"loss": loss, "accuracy": train.accuracy(outputs, y), "loss2": loss2,
-                   "hypersat": jnp.mean(jnp.concatenate([hypersats[i] for i in scored]))}
+                   "hypersat": jnp.mean(jnp.concatenate([hypersats[i] for i in scored])), "ce_weight": ce_weight}
         return grads, new_state, metrics
 
     return objective

@@ -47,7 +47,30 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
                       "domain": list(domain)}
     if certify or settings.get("certify", False):
         result.update(_certified(experiment, variables, x, y, eps_grid))
-    return report_lib.write_report(result, output_dir or workdir)
+    output_dir = pathlib.Path(output_dir or workdir)
+    if experiment.config.train.get("objective") == "andor":
+        result["andness"] = _andness(experiment, variables, x, output_dir)
+    return report_lib.write_report(result, output_dir)
+
+
+ANDNESS_EXAMPLES = 1000  # test examples for the EDS / SDS statistics of the AND-ness summary
+
+
+def _andness(experiment, variables, x, output_dir: pathlib.Path) -> dict:
+    """The per-layer hyper-saturation summary of an AND/OR-trained network (`diagnostics.andness_summary`,
+    one type-B scramble of the first `ANDNESS_EXAMPLES` test inputs) and its nics histograms (the paper's
+    Figure 7) as ``nics_histograms.png``."""
+    from andor_jax import diagnostics
+    from andor_jax.andor_training import settings_of
+
+    andor = settings_of(experiment.config.train)
+    inputs = x[:ANDNESS_EXAMPLES]
+    samples = diagnostics.nics_samples(experiment.model, variables, inputs, jax.random.PRNGKey(experiment.config.seed),
+                                       kind=andor.scramble, unit=andor.unit)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = diagnostics.plot_nics_histograms(experiment.model, samples, output_dir / "nics_histograms.png")
+    return {**diagnostics.andness_summary(experiment.model, samples), "n_examples": len(inputs),
+            "scramble": andor.scramble, "histograms": path.name}
 
 
 def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dict]:

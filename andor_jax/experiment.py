@@ -45,7 +45,7 @@ class Experiment:
         return data.num_batches(len(self.dataset.x_train), self.config.train.batch_size, drop_remainder=True)
 
     def objective(self) -> train.Objective:
-        return train.make_objective(self.model, self.config.train)
+        return train.make_objective(self.model, self.config.train, self.steps_per_epoch)
 
     def init_state(self) -> train.TrainState:
         return train.init_state(self.model, self.optimizer, self.dataset.x_train[:1], self.config.seed,
@@ -103,47 +103,63 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
             while step < total_steps and (stop_at_step is None or step < stop_at_step) and not stop.requested:
                 epoch, first_batch = divmod(step, steps_per_epoch)
                 started = time.time()
-                bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                           disable=not progress, leave=False, file=sys.stderr)
-                sums: dict[str, float] = {}
-                count = 0
-                for x, y in data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
-                                         start_batch=first_batch):
-                    state, metrics = step_fn(state, *parallel.shard_batch(x, y))
-                    step += 1
-                    count += 1
-                    if step % tc.log_every_steps == 0 or step % steps_per_epoch == 0:
-                        fetched = jax.device_get(metrics)
-                        for key, value in fetched.items():
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                        bar.set_postfix(loss=f"{float(fetched['loss']):.4f}",
-                                        acc=f"{float(fetched['accuracy']):.3f}")
-                    bar.update(1)
-                    ckpt.save(state, fingerprint)
-                    if stop.requested or (stop_at_step is not None and step >= stop_at_step):
-                        break
-                bar.close()
+                last_step = min(total_steps if stop_at_step is None else stop_at_step, (epoch + 1) * steps_per_epoch)
+                batches = data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
+                                       start_batch=first_batch)
+                state, step, train_metrics = run_epoch(
+                    step_fn, state, step, batches,
+                    parallel=parallel, checkpointer=ckpt, fingerprint=fingerprint, stop=stop, last_step=last_step,
+                    log_every_steps=tc.log_every_steps,
+                    bar=tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                             disable=not progress, leave=False, file=sys.stderr))
                 if step % steps_per_epoch == 0:
                     ckpt.save(state, fingerprint, force=True)
                     record = {"epoch": epoch + 1, "step": step,
                               "test_accuracy": accuracy(evaluate_fn, variables_of(state), ds.x_test, ds.y_test),
-                              "seconds": round(time.time() - started, 2)}
-                    logged = max(1, count // tc.log_every_steps)
-                    record.update({f"train_{k}": round(v / logged, 5) for k, v in sums.items()})
+                              "seconds": round(time.time() - started, 2), **train_metrics}
                     with open(workdir / "metrics.jsonl", "a") as log:
                         log.write(json.dumps(record) + "\n")
                     if progress:
                         print(f"epoch {epoch + 1}: test accuracy {record['test_accuracy']:.4f} "
                               f"({record['seconds']} s)", file=sys.stderr)
-        except KeyboardInterrupt:  # a second signal: stop at once, but still try to save
-            stop.requested = True
-        ckpt.save(state, fingerprint, force=True)
-        ckpt.close()
+        finally:
+            ckpt.save(state, fingerprint, force=True)
+            ckpt.close()
     if stop.requested:
         print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
               f"run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt
     return state
+
+
+def run_epoch(step_fn, state: train.TrainState, step: int, batches, *, parallel: train.DataParallel,
+              checkpointer: checkpoint.Checkpointer, fingerprint: dict, stop: "StopRequest", last_step: int,
+              log_every_steps: int, bar) -> tuple[train.TrainState, int, dict[str, float]]:
+    """Runs ``step_fn`` from ``state`` (at ``step``) over ``batches`` until they end, ``last_step`` is
+    reached or a stop is requested, saving checkpoints on the checkpointer's schedule.  Returns the state,
+    its step and the training metrics averaged over the steps fetched for logging (every
+    ``log_every_steps``-th and the last), prefixed ``train_``.  Only those steps wait for the device."""
+    sums: dict[str, float] = {}
+    fetched_steps = 0
+    try:
+        for x, y in batches:
+            state, metrics = step_fn(state, *parallel.shard_batch(x, y))
+            step += 1
+            bar.update(1)
+            finishing = step >= last_step or stop.requested
+            if step % log_every_steps == 0 or finishing:
+                fetched = jax.device_get(metrics)
+                for key, value in fetched.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                fetched_steps += 1
+                bar.set_postfix(loss=f"{float(fetched['loss']):.4f}", acc=f"{float(fetched['accuracy']):.3f}")
+            checkpointer.save(state, fingerprint)
+            if finishing:
+                break
+    except KeyboardInterrupt:  # a second signal: stop at once; the caller saves the last complete state
+        stop.requested = True
+    bar.close()
+    return state, step, {f"train_{key}": round(value / max(fetched_steps, 1), 5) for key, value in sums.items()}
 
 
 class StopRequest:

@@ -270,7 +270,7 @@ def _lookup(accuracies: Mapping[str, float] | None, eps: float):
 def format_markdown(report: Mapping) -> str:
     """``report`` as readable markdown: clean accuracy, a table eps x attack with the robust accuracy (and,
     when ``certified_accuracy`` is present, the certified lower bound, the robust upper bound and their gap),
-    the threat model, every attack's settings and the sanity checks."""
+    the threat model, every attack's settings, the AND-ness summary when present and the sanity checks."""
     attacks = report.get("attacks", {})
     robust = report.get("robust_accuracy")
     certified = report.get("certified_accuracy")
@@ -322,6 +322,19 @@ def format_markdown(report: Mapping) -> str:
         extra = {k: v for k, v in settings.items() if k not in ("threat_model", "attacks")}
         if extra:
             lines += [", ".join(f"{k}: {v}" for k, v in extra.items()), ""]
+    andness = report.get("andness")
+    if andness:
+        lines += ["## AND-ness (hyper-saturation)", "",
+                  f"hypersat = E[K(nics) | EDS] - E[K(nics) | SDS], K(x) = |tanh(4 (x - 0.5))| (Fontana, sec. 4), "
+                  f"over {andness.get('n_examples', '?')} test examples, type {andness.get('scramble', '?')} "
+                  f"scrambles; mean over all neurons **{andness['mean_hypersat']:.4f}**.", "",
+                  "| layer | type | neurons | mean | min | max |", "|---|---|---|---|---|---|"]
+        for name, layer in andness["layers"].items():
+            lines.append(f"| {name} | {layer['type']} | {layer['neurons']} | {layer['mean_hypersat']:.4f} | "
+                         f"{layer['min_hypersat']:.4f} | {layer['max_hypersat']:.4f} |")
+        lines.append("")
+        if andness.get("histograms"):
+            lines += [f"Histograms of nics under EDS and SDS per layer: `{andness['histograms']}`.", ""]
     if report.get("sanity"):
         lines += ["## Sanity checks", ""]
         lines += [f"- {'PASS' if check['passed'] else '**FAIL**'} {check['name']}: {check['message']}"

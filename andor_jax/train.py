@@ -125,10 +125,11 @@ def make_rho_schedule(config: ml_collections.ConfigDict, total_steps: int) -> op
 def supervised_objective(model: models.Sequential, loss: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
     """The default objective: gradients of ``loss(model(x), y)``.
 
-    Returns ``objective(params, model_state, x, y, key, rho) -> (grads, new_model_state, metrics)``.
+    Returns ``objective(params, model_state, x, y, key, rho, step) -> (grads, new_model_state, metrics)``
+    (``rho`` the pseudo-gradient mixing and ``step`` the optimiser step, both traced).
     """
 
-    def objective(params, model_state, x, y, key, rho):
+    def objective(params, model_state, x, y, key, rho, step):
         def loss_fn(p):
             outputs, new_state = apply_model(model, p, model_state, x, train=True, rho=rho, key=key)
             return loss(outputs, y), (outputs, new_state)
@@ -139,22 +140,24 @@ def supervised_objective(model: models.Sequential, loss: Callable[[jax.Array, ja
     return objective
 
 
-OBJECTIVES: dict[str, Callable[[models.Sequential, ml_collections.ConfigDict], Objective]] = {
-    "supervised": lambda model, config: supervised_objective(model, get_loss(config.loss)),
+ObjectiveFactory = Callable[[models.Sequential, ml_collections.ConfigDict, int], Objective]
+
+OBJECTIVES: dict[str, ObjectiveFactory] = {
+    "supervised": lambda model, config, steps_per_epoch: supervised_objective(model, get_loss(config.loss)),
 }
 
 
-def register_objective(name: str,
-                       factory: Callable[[models.Sequential, ml_collections.ConfigDict], Objective]) -> None:
-    """Makes ``factory(model, train_config) -> objective`` usable as ``train.objective = name``."""
+def register_objective(name: str, factory: ObjectiveFactory) -> None:
+    """Makes ``factory(model, train_config, steps_per_epoch) -> objective`` usable as
+    ``train.objective = name`` (``steps_per_epoch`` lets an objective schedule by epochs)."""
     OBJECTIVES[name] = factory
 
 
-def make_objective(model: models.Sequential, config: ml_collections.ConfigDict) -> Objective:
+def make_objective(model: models.Sequential, config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> Objective:
     name = config.get("objective", "supervised")
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](model, config)
+    return OBJECTIVES[name](model, config, steps_per_epoch)
 
 
 def apply_model(model: models.Sequential, params: PyTree, model_state: PyTree, x: jax.Array, *,
@@ -185,7 +188,7 @@ def make_train_step(optimizer: optax.GradientTransformation, objective: Objectiv
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
         rng, key = jax.random.split(state.rng)
         rho = rho_schedule(state.step)
-        grads, model_state, metrics = objective(state.params, state.model_state, x, y, key, rho)
+        grads, model_state, metrics = objective(state.params, state.model_state, x, y, key, rho, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = projection(optax.apply_updates(state.params, updates))
         new_state = TrainState(state.step + 1, params, model_state, opt_state, rng)

@@ -3,7 +3,7 @@
 AND/OR layers with the AND-type activation, cross-entropy mixed with loss2 (type B scrambled datasets,
 author's per-layer gradient scaling), weight concentration, SGD lr 5e-4 momentum 0.9, batch 200.
 
-The paper trains 400 epochs, of which the first 20 on loss2 alone.  Here: 100 epochs (300 steps each at
+
 about 0.2-0.3 s on a 2-core CPU, some 2-3 hours) with the constant mix; the author's warm-up is a first run
 of 20 epochs on loss2 alone, resumed with the defaults:
 
@@ -25,6 +25,8 @@ def get_config():
     config.model.name = "andor_lenet"
     config.model.activation = "and"
     config.model.l1_rule = "author"
+    config.model.scale = 10.0
+    config.model.budget = 1.0
     config.train.epochs = 100
     config.train.batch_size = 200
     config.train.loss = "cross_entropy"

@@ -231,6 +231,7 @@ def test_andor_objective_steps_reduce_both_losses():
                                         "gradient_transforms": "weight_concentration"})
     config.andor = andor_training.default_settings()
     config.andor.num_scrambles = 2
+    config.andor.loss2_only_epochs = 0
     optimizer = train.make_optimizer(config)
     x, y = block_data(64, 0)
     projection = lambda p: models.project(model, p)  # noqa: E731
@@ -253,6 +254,27 @@ def test_andor_objective_updates_batch_statistics_and_works_on_baselines():
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
     objective = andor_training.andor_objective(model, config)
-    grads, new_state, metrics = jax.jit(objective)(params, model_state, x, y, jax.random.PRNGKey(1), 0.0)
+    grads, new_state, metrics = jax.jit(objective)(params, model_state, x, y, jax.random.PRNGKey(1), 0.0, 0)
     assert not np.allclose(new_state["batch_stats"]["layers_0"]["mean"], model_state["batch_stats"]["layers_0"]["mean"])
     assert np.any(grads["layers_2"]["kernel"] != 0) and np.isfinite(float(metrics["loss2"]))
+
+
+def test_first_epochs_train_on_loss2_alone():
+    """During ``loss2_only_epochs`` the mix gets the cross-entropy gradient with weight 0 (the author's
+    warm-up), then the configured weight, within one compiled objective."""
+    model = tiny_andor()
+    config = ml_collections.ConfigDict({"loss": "cross_entropy"})
+    config.andor = andor_training.default_settings()
+    config.andor.num_scrambles = 2
+    config.andor.loss2_only_epochs = 2
+    x, y = block_data(32, 0)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+    objective = jax.jit(andor_training.andor_objective(model, config, steps_per_epoch=3))
+    key = jax.random.PRNGKey(1)
+    warm, _, warm_metrics = objective(params, {}, x, y, key, 1.0, 5)
+    full, _, full_metrics = objective(params, {}, x, y, key, 1.0, 6)
+    assert float(warm_metrics["ce_weight"]) == 0.0 and float(full_metrics["ce_weight"]) == 1.0
+    config.andor.ce_weight = 0.0
+    loss2_only, _, _ = jax.jit(andor_training.andor_objective(model, config))(params, {}, x, y, key, 1.0, 0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), warm, loss2_only)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(warm), jax.tree.leaves(full)))

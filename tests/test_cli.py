@@ -83,3 +83,21 @@ def test_attack_settings_parse_and_reject_bad_items():
         "pgd": {"restarts": 1, "step_rule": "adadelta"}, "apgd-ce": {"steps": 50}}
     with pytest.raises(ValueError, match="ATTACK.SETTING=VALUE"):
         cli.parse_attack_settings(["restarts=1"])
+
+
+def test_andor_run_reports_its_andness(tmp_path, synthetic_mnist_dir):
+    """An AND/OR-trained work directory gets the per-layer hyper-saturation summary and the nics histograms."""
+    code = cli.main(["train", "--config", "andor_lenet_quick", "--workdir", str(tmp_path), "--data-dir",
+                     str(synthetic_mnist_dir), "--no-progress", "--config.train.epochs=1",
+                     "--config.data.limit_train=80", "--config.data.limit_test=40", "--config.train.batch_size=40",
+                     "--config.train.andor.num_scrambles=2"])
+    assert code == 0
+    code = cli.main(["evaluate", "--workdir", str(tmp_path), "--data-dir", str(synthetic_mnist_dir),
+                     "--attacks", "fgsm", "--eps", "0.1", "--limit", "40", "--no-progress"])
+    assert code == 0
+    andness = json.loads((tmp_path / "report.json").read_text())["andness"]
+    convs_and_dense = [layer for layer in andness["layers"].values() if layer["type"].startswith("AndOr")]
+    assert len(convs_and_dense) == 5 and andness["n_examples"] == 40
+    assert all(layer["min_hypersat"] <= layer["mean_hypersat"] <= layer["max_hypersat"] for layer in convs_and_dense)
+    assert "AND-ness" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "nics_histograms.png").stat().st_size > 1000

@@ -115,6 +115,11 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_mnist_dir, sto
     parts = params_of(tmp_path / "parts", config, synthetic_mnist_dir)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_array_equal(a, b)
+    import json
+
+    for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)  # averages over the steps of the epoch that ran, also after a resume
+        assert 0.0 <= record["train_accuracy"] <= 1.0 and record["train_loss"] > 0, record
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, synthetic_mnist_dir):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -142,6 +143,7 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
     chunk = min(batch_size, n)
     clean_correct = np.zeros(n, bool)
     correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
+    seconds = {label: 0.0 for label, _, _ in runs}
     predict = jax.jit(lambda inputs: jnp.argmax(logits_fn(inputs), axis=-1))
 
     bar = tqdm(_batches(n, chunk), desc="robustness report", unit="batch", disable=not progress)
@@ -154,10 +156,12 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
             bar.set_postfix_str(label)
             run_key = jax.random.fold_in(batch_key, run_index)
             for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
+                started = time.perf_counter()
                 result = registry.run_attack(name, logits_fn, xb, yb, jax.random.fold_in(run_key, eps_index), eps,
                                              domain, gradient_logits_fn=gradient_logits_fns.get(tag),
                                              **overrides.get(name, {}))
                 correct[label][k][start:stop] = ~np.asarray(result.broken)[:size]
+                seconds[label] += time.perf_counter() - started
 
     def accuracy(mask):
         return float(np.mean(mask))
@@ -182,6 +186,8 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
             "attacks": {label: _settings_record(name, settings[name], tag) for label, name, tag in runs},
             "n_examples": int(n),
             "batch_size": int(chunk),
+            # wall time of each attack over all chunks and eps, compilation included
+            "attack_seconds": {label: round(value, 1) for label, value in seconds.items()},
             "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
         },
     }
@@ -313,13 +319,14 @@ def format_markdown(report: Mapping) -> str:
                   f"- input domain: [{lo:g}, {hi:g}]",
                   f"- attacker: {threat['knowledge']}", ""]
     if settings.get("attacks"):
-        lines += ["## Attack settings", "", "| attack | description | settings |", "|---|---|---|"]
+        timings = settings.get("attack_seconds", {})
+        lines += ["## Attack settings", "", "| attack | description | settings | seconds |", "|---|---|---|---|"]
         for label, record in settings["attacks"].items():
             values = ", ".join(f"{name}={value}" for name, value in record.items()
                                if name not in ("attack", "description"))
-            lines.append(f"| {label} | {record['description']} | {values} |")
+            lines.append(f"| {label} | {record['description']} | {values} | {timings.get(label, '')} |")
         lines.append("")
-        extra = {k: v for k, v in settings.items() if k not in ("threat_model", "attacks")}
+        extra = {k: v for k, v in settings.items() if k not in ("threat_model", "attacks", "attack_seconds")}
         if extra:
             lines += [", ".join(f"{k}: {v}" for k, v in extra.items()), ""]
     andness = report.get("andness")

@@ -34,6 +34,7 @@ FAST = {
     "pgd-l2": {"steps": 3, "restarts": 2},
     "pgd-margin": {"steps": 3, "restarts": 2},
     "pgd-adadelta": {"steps": 3, "restarts": 2, "loss": "squared"},
+    "pgd-fontana": {"steps": 3},
     "apgd-ce": {"steps": 6, "restarts": 2},
     "apgd-dlr": {"steps": 6},
     "deepfool": {"max_iter": 4},

@@ -61,6 +61,9 @@ ATTACKS: dict[str, AttackSpec] = {
                           "starts: the MWD paper's attack (Agrawal, de Alfaro & Helmbold)", "linf", "iterative",
                           norm="linf", steps=100, restarts=10, step_size=1.0, random_start=True, loss="ce",
                           step_rule="adadelta"),
+    "pgd-fontana": _spec(pgd, "PGD L-inf as the AND/OR paper's code evaluates: 20 sign steps of 0.03 from x, no "
+                         "random start, no restarts (Fontana)", "linf", "iterative", norm="linf", steps=20,
+                         restarts=1, step_size=0.03, random_start=False, loss="ce", step_rule="sign"),
     "apgd-ce": _spec(apgd, "APGD L-inf on cross-entropy (Croce & Hein 2020)", "linf", "iterative", norm="linf",
                      steps=100, restarts=1, loss="ce", random_start=True, momentum=0.75, rho=0.75),
     "apgd-dlr": _spec(apgd, "APGD L-inf on the DLR loss (Croce & Hein 2020)", "linf", "iterative", norm="linf",

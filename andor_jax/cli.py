@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--output", default=None, help="write the report here instead of the work directory")
         common(sub)
         if name == "evaluate":
-            sub.add_argument("--attacks", default=None, help="comma-separated attack names")
+            sub.add_argument("--attacks", default=None,
+                             help="comma-separated attack names; NAME[psd] runs one on pseudo-gradients only")
             sub.add_argument("--set", action="append", default=[], metavar="ATTACK.SETTING=VALUE",
                              help="change an attack's setting, e.g. --set pgd.restarts=1 (repeatable)")
             sub.add_argument("--certify", action="store_true", help="also compute certified accuracy")

@@ -36,11 +36,13 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
     x, y = _test_split(experiment, settings.limit if limit is None else limit)
     domain = tuple(experiment.config.data.domain)
     logits_fn = jax.jit(experiment.logits_fn(variables, rho=0.0))
-    psd = pseudo_gradient_attacks or settings.get("pseudo_gradient_attacks", False)
+    double_with_psd = pseudo_gradient_attacks or settings.get("pseudo_gradient_attacks", False)
+    psd = double_with_psd or any(report_lib.split_label(label)[1] == "psd" for label in attack_names)
     result = report_lib.robustness_report(
         logits_fn, x, y, attacks=attack_names, eps_grid=eps_grid, domain=domain,
         key=jax.random.PRNGKey(experiment.config.seed), batch_size=settings.batch_size,
         gradient_logits_fns={"psd": experiment.logits_fn(variables, rho=1.0)} if psd else None,
+        doubled_tags=["psd"] if double_with_psd else [],
         overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress)
     result["model"] = experiment.config.model.to_dict()
     result["data"] = {"dataset": experiment.config.data.dataset, "source": experiment.dataset.source,

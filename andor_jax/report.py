@@ -44,12 +44,23 @@ def eps_key(eps: float) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Computing the report.
 
-def _runs(attacks: Sequence[str], gradient_logits_fns: Mapping[str, LogitsFn]) -> list[tuple[str, str, str | None]]:
-    """``(label, attack name, gradient tag)`` for every attack, plus ``name[tag]`` for every gradient attack
-    and every alternative gradient (e.g. ``pgd[psd]``)."""
-    runs = [(name, name, None) for name in attacks]
-    for tag in gradient_logits_fns:
-        runs += [(f"{name}[{tag}]", name, tag) for name in attacks if registry.get_spec(name).uses_gradients]
+def split_label(label: str) -> tuple[str, str | None]:
+    """``'pgd[psd]' -> ('pgd', 'psd')``, ``'pgd' -> ('pgd', None)``."""
+    if label.endswith("]") and "[" in label:
+        name, tag = label[:-1].split("[", 1)
+        return name, tag
+    return label, None
+
+
+def _runs(attacks: Sequence[str], gradient_logits_fns: Mapping[str, LogitsFn],
+          doubled_tags: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """``(label, attack name, gradient tag)`` for every entry of ``attacks`` (``'pgd[psd]'`` runs PGD on the
+    ``'psd'`` gradient only), plus ``name[tag]`` for every plain gradient attack and every tag of
+    ``doubled_tags`` (unless listed already)."""
+    runs = [(label, *split_label(label)) for label in attacks]
+    for tag in doubled_tags:
+        runs += [(f"{name}[{tag}]", name, tag) for name in attacks
+                 if "[" not in name and registry.get_spec(name).uses_gradients and f"{name}[{tag}]" not in attacks]
     return runs
 
 
@@ -79,6 +90,13 @@ def _validate(logits_fn, x, y, attacks, eps_grid, domain, batch_size, gradient_l
     for tag, fn in gradient_logits_fns.items():
         if not isinstance(tag, str) or not tag or any(c in tag for c in "[]") or not callable(fn):
             raise ValueError(f"gradient_logits_fns must map plain names to callables, got {tag!r}: {fn!r}")
+    for label in attacks:
+        name, tag = split_label(label)
+        if tag is not None and tag not in gradient_logits_fns:
+            raise ValueError(f"attack {label!r} differentiates {tag!r}, which is not among the gradient functions "
+                             f"given ({sorted(gradient_logits_fns)}); for [psd], pass --psd or use an MWD model")
+        if tag is not None and not registry.get_spec(name).uses_gradients:
+            raise ValueError(f"attack {label!r}: {name!r} is gradient-free and takes no gradient tag")
     for name in overrides:
         registry.get_spec(name)  # a typo in an override's attack name is an error, not a silent no-op
     domain = common.check_domain(domain)
@@ -87,8 +105,9 @@ def _validate(logits_fn, x, y, attacks, eps_grid, domain, batch_size, gradient_l
         raise ValueError("x and y hold no examples")
     num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x[:1].shape, x.dtype)).shape[-1]
     common.check_labels(y, num_classes)
-    settings = {name: registry.settings_of(name, **overrides.get(name, {})) for name in attacks}
-    for name in attacks:
+    names = list(dict.fromkeys(split_label(label)[0] for label in attacks))
+    settings = {name: registry.settings_of(name, **overrides.get(name, {})) for name in names}
+    for name in names:
         norm = settings[name].get("norm", registry.get_spec(name).norm)
         for eps in eps_grid:
             common.check_eps(eps, domain, norm, x.shape[1:])
@@ -109,20 +128,24 @@ def _padded(array: np.ndarray, size: int) -> np.ndarray:
 def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence[float],
                       domain=(0.0, 1.0), key: jax.Array, batch_size: int = 500,
                       gradient_logits_fns: Mapping[str, LogitsFn] | None = None,
-                      overrides: Mapping[str, Mapping] | None = None, progress: bool = True) -> dict:
+                      overrides: Mapping[str, Mapping] | None = None, progress: bool = True,
+                      doubled_tags: Sequence[str] | None = None) -> dict:
     """Attacks ``logits_fn`` on ``(x, y)`` with every attack at every eps and summarises the outcome.
 
     Args:
       logits_fn: the model, ``x -> logits`` (batch, classes), deterministic.
       x: (n, ...) inputs inside ``domain``.
       y: (n,) integer labels.
-      attacks: names from `andor_jax.attacks.ATTACKS`, e.g. ``['fgsm', 'pgd', 'apgd-ce', 'square']``.
+      attacks: names from `andor_jax.attacks.ATTACKS`, e.g. ``['fgsm', 'pgd', 'apgd-ce', 'square']``; a name
+        with a tag of ``gradient_logits_fns``, e.g. ``'apgd-dlr[psd]'``, runs on that gradient only.
       eps_grid: the radii to attack at.
       domain: the input box ``(lo, hi)``.
       key: PRNG key; each (chunk, attack, eps) gets its own key folded from it.
       batch_size: examples per chunk (memory: restarts x batch_size inputs are attacked at once).
       gradient_logits_fns: alternative functions to differentiate, by tag: ``{'psd': fn}`` also runs every
-        gradient attack as ``'name[psd]'`` with ``gradient_logits_fn=fn``.
+        plain gradient attack as ``'name[psd]'`` with ``gradient_logits_fn=fn``.
+      doubled_tags: the tags whose doubling of every plain gradient attack is wanted (default: all of
+        ``gradient_logits_fns``; ``()`` runs the tagged entries of ``attacks`` only).
       overrides: per-attack setting overrides, e.g. ``{'pgd': {'steps': 100, 'step_rule': 'adadelta'}}``;
         entries for registered attacks that are not run are ignored.
       progress: show a progress bar over the chunks.
@@ -137,7 +160,8 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
     x, y = np.asarray(x), np.asarray(y)
     domain, settings = _validate(logits_fn, x, y, list(attacks), list(eps_grid), domain, batch_size,
                                  gradient_logits_fns, overrides)
-    runs = _runs(attacks, gradient_logits_fns)
+    runs = _runs(attacks, gradient_logits_fns,
+                 list(gradient_logits_fns) if doubled_tags is None else list(doubled_tags))
     keys = [eps_key(eps) for eps in eps_grid]
     n = len(y)
     chunk = min(batch_size, n)
@@ -168,7 +192,7 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
 
     attack_accuracy = {label: {k: accuracy(clean_correct & correct[label][k]) for k in keys} for label, _, _ in runs}
     robust = {k: accuracy(clean_correct & np.all([correct[label][k] for label, _, _ in runs], axis=0)) for k in keys}
-    norms = {settings[name].get("norm", registry.get_spec(name).norm) for name in attacks}
+    norms = {settings[name].get("norm", registry.get_spec(name).norm) for _, name, _ in runs}
     report = {
         "clean_accuracy": accuracy(clean_correct),
         "n_examples": int(n),

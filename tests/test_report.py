@@ -65,6 +65,23 @@ def test_report_contents(small_report):
     json.dumps(report)  # JSON-able
 
 
+def test_a_tagged_attack_runs_on_that_gradient_only():
+    x, y = _data()
+    report = report_lib.robustness_report(
+        linear_net, x, y, attacks=["fgsm", "pgd[psd]"], eps_grid=[0.05], key=jax.random.PRNGKey(0),
+        batch_size=24, gradient_logits_fns={"psd": linear_net}, doubled_tags=(), overrides=FAST, progress=False)
+    assert set(report["attacks"]) == {"fgsm", "pgd[psd]"}
+    assert report["settings"]["attacks"]["pgd[psd]"]["gradient"] == "psd"
+    assert report["settings"]["attacks"]["pgd[psd]"]["steps"] == 3
+    with pytest.raises(ValueError, match=r"'pgd\[bpda\]' differentiates 'bpda'"):
+        report_lib.robustness_report(linear_net, x, y, attacks=["pgd[bpda]"], eps_grid=[0.05],
+                                     key=jax.random.PRNGKey(0), progress=False)
+    with pytest.raises(ValueError, match="gradient-free"):
+        report_lib.robustness_report(linear_net, x, y, attacks=["square[psd]"], eps_grid=[0.05],
+                                     key=jax.random.PRNGKey(0), gradient_logits_fns={"psd": linear_net},
+                                     progress=False)
+
+
 def test_per_example_worst_case_on_a_hand_made_case(monkeypatch):
     """Two stand-in attacks break known examples (ids in x[:, 0]); one example is a clean error."""
     ids = np.arange(8)

@@ -9,14 +9,17 @@ by the network itself, or the first MNIST test images via ``--data-dir``).  The 
 eager code: a Python loop over restarts and steps on the whole batch, ``torch.set_num_threads`` set to the
 cores XLA uses.
 
-Each side runs twice: every step of every restart (equal work), and stopping as soon as every input is
-broken (our default, ``stop_when_all_broken``; the PyTorch loop then checks ``broken.all()`` before each
-step).  Reported: the four times; ``speedup`` = plain PyTorch loop / our default (the comparison the issue
-asks for), ``speedup_equal_work`` (both running every step: the arithmetic alone) and
-``speedup_both_stopping``; examples per second; and the robust accuracy of each run (a check that they run
-the same attack: they draw different random starts, so the figures agree only roughly).  Times are medians over ``--rounds`` interleaved rounds after one warm-up
-run each (compilation excluded).  ``--json PATH`` writes the figures, with ``speedup`` = PyTorch time / our
-time.  Nothing is asserted; on a shared machine, read the load average printed with the figures.
+Variants: every step of every restart (equal work); and stopping as soon as every input is broken
+(``stop_when_all_broken``, our default), with the restarts all vmapped at once or one after the other
+(``parallel_restarts=1``), so that a batch broken by the first restart skips the others (the PyTorch loop
+checks ``broken.all()`` before each step).  Reported: every time; ``speedup`` = plain PyTorch loop / our
+stopping sequential run; ``speedup_equal_work`` = plain PyTorch loop / our vmapped run of every step (the
+arithmetic alone); ``speedup_both_stopping`` = stopping PyTorch loop / our stopping sequential run;
+examples per second; and the robust accuracy of each run (a check that they run the same attack: they
+draw different random starts, so the figures agree only roughly).
+
+Times are medians over ``--rounds`` interleaved rounds after one warm-up run each (compilation excluded).
+``--json PATH`` writes the figures.  Nothing is asserted; on a shared machine, read the load average printed with the figures.
 
     python benchmarks/bench_attacks.py [--n 1000] [--steps 40] [--restarts 10] [--eps 0.3] [--step-size 0.01]
         [--rounds 3] [--checkpoint WORKDIR] [--data-dir DIR] [--json PATH]
@@ -88,6 +91,10 @@ def inputs(n: int, data_dir: str | None, logits_fn) -> tuple[np.ndarray, np.ndar
     return x, np.asarray(jnp.argmax(logits_fn(x), axis=-1)).astype(np.int32), f"{n} uniform random inputs"
 
 
+def variant_name(stop: bool, parallel_restarts: int | None) -> str:
+    return ("stopping" if stop else "every_step") + ("_sequential" if parallel_restarts == 1 else "_vmapped")
+
+
 def torch_pgd(torch, weights, x, y, *, eps, step_size, steps, restarts, seed=0, stop_when_all_broken=False):
     """The plain eager loop: restarts and steps in Python, the whole batch at once; returns ``broken``.
     With ``stop_when_all_broken`` it leaves both loops as soon as every input is broken (what our PGD does
@@ -144,20 +151,22 @@ def main(argv=None) -> dict:
     x_torch, y_torch = torch.tensor(x), torch.tensor(y, dtype=torch.long)
     outcome = {}
 
-    def jax_run(stop):
+    def jax_run(stop, parallel_restarts):
         def run():
-            outcome[f"jax_stop_{stop}"] = attacks.pgd(logits_fn, x_jax, y_jax, key, **settings,
-                                                      stop_when_all_broken=stop).broken.block_until_ready()
+            outcome[f"jax_{variant_name(stop, parallel_restarts)}"] = attacks.pgd(
+                logits_fn, x_jax, y_jax, key, **settings, stop_when_all_broken=stop,
+                parallel_restarts=parallel_restarts).broken.block_until_ready()
         return run
 
     def torch_run(stop):
         def run():
-            outcome[f"torch_stop_{stop}"] = torch_pgd(torch, weights, x_torch, y_torch, **settings,
-                                                      stop_when_all_broken=stop)
+            outcome[f"torch_{variant_name(stop, 1)}"] = torch_pgd(torch, weights, x_torch, y_torch, **settings,
+                                                                 stop_when_all_broken=stop)
         return run
 
-    runs = {f"{side}_stop_{stop}": make(stop) for side, make in (("jax", jax_run), ("torch", torch_run))
-            for stop in (False, True)}
+    runs = {"jax_every_step_vmapped": jax_run(False, None), "jax_stopping_vmapped": jax_run(True, None),
+            "jax_stopping_sequential": jax_run(True, 1),
+            "torch_every_step_sequential": torch_run(False), "torch_stopping_sequential": torch_run(True)}
     seconds = interleaved_medians(runs, rounds=args.rounds)
     figures = {
         "attack": f"PGD L-inf, {args.steps} steps of {args.step_size}, {args.restarts} restarts, eps {args.eps}",
@@ -169,11 +178,11 @@ def main(argv=None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()),
         **{f"{name}_seconds": value for name, value in seconds.items()},
-        "jax_examples_per_second": args.n / seconds["jax_stop_True"],
-        "torch_examples_per_second": args.n / seconds["torch_stop_False"],
-        "speedup": seconds["torch_stop_False"] / seconds["jax_stop_True"],
-        "speedup_equal_work": seconds["torch_stop_False"] / seconds["jax_stop_False"],
-        "speedup_both_stopping": seconds["torch_stop_True"] / seconds["jax_stop_True"],
+        "jax_examples_per_second": args.n / seconds["jax_stopping_sequential"],
+        "torch_examples_per_second": args.n / seconds["torch_every_step_sequential"],
+        "speedup": seconds["torch_every_step_sequential"] / seconds["jax_stopping_sequential"],
+        "speedup_equal_work": seconds["torch_every_step_sequential"] / seconds["jax_every_step_vmapped"],
+        "speedup_both_stopping": seconds["torch_stopping_sequential"] / seconds["jax_stopping_sequential"],
         **{f"{name}_robust_accuracy": float(1 - np.mean(np.asarray(broken, dtype=float)))
            for name, broken in outcome.items()},
     }

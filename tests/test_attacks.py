@@ -306,14 +306,31 @@ def test_pgd_stops_once_the_whole_batch_is_broken_with_the_same_verdict():
 
     x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
     outcomes = {}
-    for stop in (True, False):
+    for stop, parallel in ((True, None), (True, 1), (False, None), (False, 1)):
         evaluations.clear()
-        result = attacks.pgd(counting_net, x, y, jax.random.PRNGKey(0), eps=0.5, steps=30, restarts=2,
-                             stop_when_all_broken=stop)
-        outcomes[stop] = (np.asarray(result.broken), len(evaluations))
-    assert outcomes[True][0].all(), "eps 0.5 must break every input of the linear model"
-    np.testing.assert_array_equal(outcomes[True][0], outcomes[False][0])
-    assert outcomes[True][1] * 5 < outcomes[False][1], outcomes
+        result = attacks.pgd(counting_net, x, y, jax.random.PRNGKey(0), eps=0.5, steps=30, restarts=4,
+                             stop_when_all_broken=stop, parallel_restarts=parallel)
+        outcomes[stop, parallel] = (np.asarray(result.broken), len(evaluations))
+    assert outcomes[True, None][0].all(), "eps 0.5 must break every input of the linear model"
+    for verdict, _ in outcomes.values():
+        np.testing.assert_array_equal(verdict, outcomes[True, None][0])
+    assert outcomes[True, None][1] * 5 < outcomes[False, None][1], outcomes
+    # one restart at a time: the three later restarts are skipped altogether (a vmapped call counts once)
+    assert outcomes[True, 1][1] < outcomes[True, None][1] + 2 and outcomes[False, 1][1] > 3 * 30, outcomes
+
+
+def test_pgd_restart_groups_reach_the_analytic_verdict():
+    """Restarts one at a time, in pairs or all at once: on the linear model an input with label 0 near 0.5
+    breaks iff eps exceeds margin / ||w_0 - w_1||_1 (the class-1 worst case), whichever group finds it."""
+    x, y = _interior_inputs(), jnp.zeros(BATCH, jnp.int32)
+    threshold = 1.0 / MULTI_L1[1]
+    for parallel in (1, 2, 4):
+        for factor, expected in ((0.8, False), (1.25, True)):
+            result = attacks.pgd(MULTI_NET, x, y, jax.random.PRNGKey(3), eps=factor * threshold, steps=5, restarts=4,
+                                 parallel_restarts=parallel)
+            assert np.all(np.asarray(result.broken) == expected), (parallel, factor)
+    with pytest.raises(ValueError, match="parallel_restarts"):
+        attacks.pgd(MULTI_NET, x, y, jax.random.PRNGKey(0), eps=0.1, restarts=4, parallel_restarts=3)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def norms(kernel):
 
 def tiny_andor(scale=1.0):
     """8x8x1 -> conv 3 k3 -> pool -> and -> flatten (27) -> dense 6 -> and -> dense 3."""
-    return Sequential((AndOrConv(3, (3, 3), scale=scale), MaxPool((2, 2)), AndActivation(), Flatten(),
+    return Sequential((AndOrConv(3, kernel_size=(3, 3), scale=scale), MaxPool((2, 2)), AndActivation(), Flatten(),
                        AndOrDense(6, scale=scale), AndActivation(), AndOrDense(3, scale=scale)))
 
 
@@ -141,7 +141,7 @@ def test_unknown_activation_is_named():
 
 LAYERS = {
     "dense": (AndOrDense(4, scale=2.0, bias_bound=0.5), (3, 6)),
-    "conv": (AndOrConv(3, (3, 3), scale=2.0, padding="SAME"), (2, 5, 5, 2)),
+    "conv": (AndOrConv(3, kernel_size=(3, 3), scale=2.0, padding="SAME"), (2, 5, 5, 2)),
     "and": (AndActivation("and"), (3, 40)),
     "sigmoid": (AndActivation("sigmoid"), (3, 40)),
 }

@@ -21,7 +21,7 @@ BATCH, SCRAMBLES, SDS_SIZE = 16, 3, 5
 
 def tiny_andor():
     """8x8x1 -> conv 3 k3 (layer 0) -> pool -> and -> flatten (27) -> dense 6 (layer 4) -> and -> dense 3."""
-    return Sequential((AndOrConv(3, (3, 3), scale=1.0), MaxPool((2, 2)), AndActivation(), Flatten(),
+    return Sequential((AndOrConv(3, kernel_size=(3, 3), scale=1.0), MaxPool((2, 2)), AndActivation(), Flatten(),
                        AndOrDense(6, scale=1.0), AndActivation(), AndOrDense(3, scale=1.0)))
 
 

@@ -81,29 +81,19 @@ def project_andor(layer_params: dict, *, scale: float, budget: float, bias_bound
     return projected
 
 
-def check_andor_fields(layer: nn.Module) -> None:
-    """Clear errors for settings that make no AND/OR layer."""
-    if layer.scale <= 0:
-        raise ValueError(f"{type(layer).__name__}: scale must be > 0, got {layer.scale}")
-    if layer.budget <= 0:
-        raise ValueError(f"{type(layer).__name__}: budget must be > 0, got {layer.budget}")
-    if layer.bias_bound < 0:
-        raise ValueError(f"{type(layer).__name__}: bias_bound must be >= 0, got {layer.bias_bound}")
-    if layer.l1_rule not in L1_RULES:
-        raise ValueError(f"{type(layer).__name__}: unknown l1_rule {layer.l1_rule!r}; choose one of {L1_RULES}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Layers computing nics
 
 
-class AndOrDense(nn.Module):
-    """Dense AND/OR neurons: ``nics = (x W + b) / scale`` with ``W`` (in, out).
+class AndOrNeurons(nn.Module):
+    """What dense and convolutional AND/OR neurons share: their settings, checked at construction, and
+    the constraint set the engine projects them onto after every step.
 
     Attributes:
-      features: number of neurons.
+      features: number of neurons (output filters for a convolution).
       scale: divides the affine map (10 in the author's code).
-      bias_bound: the bias is clamped to ``[-bias_bound, bias_bound]`` by `project` (author: 2 for dense).
+      bias_bound: the bias is clamped to ``[-bias_bound, bias_bound]`` by `project` (author: 2 for dense
+        layers, 0.5 and 1 for the two convolutions).
       budget: L1 bound of the positive (and negative) part of each neuron's effective weights ``W / scale``
         (the paper's 1).
       l1_rule: ``"author"`` or ``"paper"`` (module docstring).
@@ -120,8 +110,26 @@ class AndOrDense(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
 
     def __post_init__(self):
-        check_andor_fields(self)
+        name = type(self).__name__
+        if self.scale <= 0:
+            raise ValueError(f"{name}: scale must be > 0, got {self.scale}")
+        if self.budget <= 0:
+            raise ValueError(f"{name}: budget must be > 0, got {self.budget}")
+        if self.bias_bound < 0:
+            raise ValueError(f"{name}: bias_bound must be >= 0, got {self.bias_bound}")
+        if self.l1_rule not in L1_RULES:
+            raise ValueError(f"{name}: unknown l1_rule {self.l1_rule!r}; choose one of {L1_RULES}")
         super().__post_init__()
+
+    def project(self, layer_params: dict) -> dict:
+        """Per-neuron L1 projection and bias clamp (module docstring); applied by the training engine."""
+        return project_andor(layer_params, scale=self.scale, budget=self.budget, bias_bound=self.bias_bound,
+                             rule=self.l1_rule)
+
+
+class AndOrDense(AndOrNeurons):
+    """Dense AND/OR neurons: ``nics = (x W + b) / scale`` with ``W`` (in, out); attributes of
+    `AndOrNeurons`."""
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -138,33 +146,19 @@ class AndOrDense(nn.Module):
         kernel, bias = self.affine()
         return linear(lambda c: c @ kernel, lambda r: r @ jnp.abs(kernel), bias, bounds)
 
-    def project(self, layer_params: dict) -> dict:
-        """Per-neuron L1 projection and bias clamp (module docstring); applied by the training engine."""
-        return project_andor(layer_params, scale=self.scale, budget=self.budget, bias_bound=self.bias_bound,
-                             rule=self.l1_rule)
 
-
-class AndOrConv(nn.Module):
+class AndOrConv(AndOrNeurons):
     """Convolutional AND/OR neurons over NHWC inputs: ``nics = (conv(x, W) + b) / scale`` with ``W``
     (kh, kw, in, out).  A neuron is an output filter; its L1 norms run over ``kh x kw x in``.
 
-    Attributes as `AndOrDense` (the author clamps the biases of the two convolutions to 0.5 and 1), plus
-    ``kernel_size``, ``strides`` and ``padding`` of the convolution.
+    Attributes of `AndOrNeurons` (``bias_bound`` 1 by default), then ``kernel_size``, ``strides`` and
+    ``padding`` of the convolution (keyword arguments).
     """
 
-    features: int
+    bias_bound: float = 1.0
     kernel_size: tuple[int, int] = (5, 5)
     strides: tuple[int, int] = (1, 1)
     padding: str = "VALID"
-    scale: float = 10.0
-    bias_bound: float = 1.0
-    budget: float = 1.0
-    l1_rule: str = "author"
-    kernel_init: Callable = nn.initializers.lecun_normal()
-
-    def __post_init__(self):
-        check_andor_fields(self)
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -178,11 +172,6 @@ class AndOrConv(nn.Module):
         return linear(lambda c: conv2d(c, kernel, self.strides, self.padding),
                       lambda r: conv2d(r, jnp.abs(kernel), self.strides, self.padding),
                       params["bias"] / self.scale, bounds)
-
-    def project(self, layer_params: dict) -> dict:
-        """Per-filter L1 projection and bias clamp (module docstring); applied by the training engine."""
-        return project_andor(layer_params, scale=self.scale, budget=self.budget, bias_bound=self.bias_bound,
-                             rule=self.l1_rule)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,7 +269,7 @@ def andor_lenet(num_classes: int = 10, activation: str = "and", scale: float = 1
                          f"got bias_bounds={tuple(bias_bounds)}")
     common = {"scale": scale, "budget": budget, "l1_rule": l1_rule}
     return lenet_layers(
-        conv=lambda features, position: AndOrConv(features, (5, 5), bias_bound=bias_bounds[position], **common),
+        conv=lambda features, position: AndOrConv(features, kernel_size=(5, 5), bias_bound=bias_bounds[position], **common),
         dense=lambda features, position: AndOrDense(features, bias_bound=bias_bounds[position], **common),
         activation=lambda: AndActivation(activation),
         num_classes=num_classes)

@@ -41,6 +41,9 @@ def _spec(fn, description, norm, kind, /, **defaults) -> AttackSpec:
     return AttackSpec(fn, types.MappingProxyType(defaults), description, norm, kind)
 
 
+# how PGD spends its steps (the verdict does not depend on them): see `andor_jax.attacks.pgd.pgd`
+PGD_SCHEDULING = {"parallel_restarts": None, "stop_when_all_broken": True}
+
 ATTACKS: dict[str, AttackSpec] = {
     "fgsm": _spec(fgsm, "FGSM: one signed gradient step of length eps (Goodfellow et al. 2015)", "linf",
                   "single-step", loss="ce"),
@@ -50,20 +53,20 @@ ATTACKS: dict[str, AttackSpec] = {
                    "linf", "iterative", steps=10, loss="ce"),
     "pgd": _spec(pgd, "PGD L-inf: sign steps from uniform random starts, restarts (Madry et al. 2018)", "linf",
                  "iterative", norm="linf", steps=40, restarts=10, step_size=None, random_start=True, loss="ce",
-                 step_rule="sign"),
+                 step_rule="sign", **PGD_SCHEDULING),
     "pgd-l2": _spec(pgd, "PGD L2: normalised gradient steps from uniform random starts, restarts", "l2",
                     "iterative", norm="l2", steps=40, restarts=10, step_size=None, random_start=True, loss="ce",
-                    step_rule="sign"),
+                    step_rule="sign", **PGD_SCHEDULING),
     "pgd-margin": _spec(pgd, "PGD L-inf on the CW margin loss (Carlini & Wagner 2017)", "linf", "iterative",
                         norm="linf", steps=40, restarts=10, step_size=None, random_start=True, loss="margin",
-                        step_rule="sign"),
+                        step_rule="sign", **PGD_SCHEDULING),
     "pgd-adadelta": _spec(pgd, "PGD L-inf with AdaDelta steps (lr 1, rho 0.9, eps 1e-6) from uniform random "
                           "starts: the MWD paper's attack (Agrawal, de Alfaro & Helmbold)", "linf", "iterative",
                           norm="linf", steps=100, restarts=10, step_size=1.0, random_start=True, loss="ce",
-                          step_rule="adadelta"),
+                          step_rule="adadelta", **PGD_SCHEDULING),
     "pgd-fontana": _spec(pgd, "PGD L-inf as the AND/OR paper's code evaluates: 20 sign steps of 0.03 from x, no "
                          "random start, no restarts (Fontana)", "linf", "iterative", norm="linf", steps=20,
-                         restarts=1, step_size=0.03, random_start=False, loss="ce", step_rule="sign"),
+                         restarts=1, step_size=0.03, random_start=False, loss="ce", step_rule="sign", **PGD_SCHEDULING),
     "apgd-ce": _spec(apgd, "APGD L-inf on cross-entropy (Croce & Hein 2020)", "linf", "iterative", norm="linf",
                      steps=100, restarts=1, loss="ce", random_start=True, momentum=0.75, rho=0.75),
     "apgd-dlr": _spec(apgd, "APGD L-inf on the DLR loss (Croce & Hein 2020)", "linf", "iterative", norm="linf",

@@ -333,6 +333,41 @@ def test_pgd_restart_groups_reach_the_analytic_verdict():
         attacks.pgd(MULTI_NET, x, y, jax.random.PRNGKey(0), eps=0.1, restarts=4, parallel_restarts=3)
 
 
+
+def test_square_compaction_keeps_the_verdict_and_queries_only_unbroken_inputs():
+    """Dropping broken inputs from the batch between segments of queries changes neither the verdict nor the
+    points (each input searches with its own PRNG stream), and evaluates fewer rows; inside a caller's jit the
+    batch is left whole.  The model counts the rows it evaluates through a host callback."""
+    rows_evaluated = []
+
+    def counting_net(x):
+        jax.debug.callback(lambda n: rows_evaluated.append(int(n)), x.shape[0])
+        return MULTI_NET(x)
+
+    # 32 inputs with label 0 at distances to the class-1 boundary spread from easy to impossible at eps 0.12
+    x = 0.5 + jax.random.uniform(jax.random.PRNGKey(5), (32, DIM), minval=-0.3, maxval=0.3)
+    y = jnp.argmax(MULTI_NET(x), axis=-1)
+    outcomes = {}
+    for compact_every in (None, 3, 10):
+        rows_evaluated.clear()
+        result = attacks.square(counting_net, x, y, jax.random.PRNGKey(4), eps=0.12, n_queries=60,
+                                compact_every=compact_every)
+        outcomes[compact_every] = result, sum(rows_evaluated)
+    whole, whole_rows = outcomes[None]
+    assert 0 < int(whole.broken.sum()) < 32, "the test needs inputs that break and inputs that resist"
+    for compact_every in (3, 10):
+        result, rows = outcomes[compact_every]
+        np.testing.assert_array_equal(result.broken, whole.broken)
+        np.testing.assert_array_equal(result.x_adv, whole.x_adv)
+        assert rows < whole_rows, (compact_every, rows, whole_rows)
+    assert outcomes[3][1] <= outcomes[10][1]
+    jitted = jax.jit(lambda x, y: attacks.square(MULTI_NET, x, y, jax.random.PRNGKey(4), eps=0.12, n_queries=60))
+    np.testing.assert_array_equal(jitted(x, y).broken, whole.broken)
+    # sizes are multiples of ceil(500 / 8) = 63, capped at the batch
+    assert [square_module.compacted_size(n, 500) for n in (5, 63, 64, 400, 500)] == [63, 63, 126, 441, 500]
+    with pytest.raises(ValueError, match="compact_every must be an integer >= 1"):
+        attacks.square(MULTI_NET, x, y, jax.random.PRNGKey(4), eps=0.12, compact_every=0)
+
 # ---------------------------------------------------------------------------------------------------------
 # Pieces with known values.
 

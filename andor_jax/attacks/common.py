@@ -150,6 +150,12 @@ def _concrete(value) -> np.ndarray | None:
         return None
 
 
+def traced(*values) -> bool:
+    """Whether any of ``values`` is a tracer (the attack runs inside a caller's transformation), so that
+    host-side decisions on its values are impossible."""
+    return any(isinstance(value, jax.core.Tracer) for value in values)
+
+
 def check_choice(setting: str, value, known) -> None:
     """Raises ValueError unless ``value`` is one of ``known``."""
     if value not in known:

@@ -76,7 +76,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "deepfool-l2": _spec(deepfool, "DeepFool L2, clipped to the ball (Moosavi-Dezfooli et al. 2016)", "l2",
                          "minimal", norm="l2", max_iter=50, overshoot=0.02),
     "square": _spec(square, "Square attack L-inf, gradient-free random search (Andriushchenko et al. 2020)",
-                    "linf", "gradient-free", n_queries=1000, p_init=0.8, image_shape=None),
+                    "linf", "gradient-free", n_queries=1000, p_init=0.8, image_shape=None, compact_every=25),
 }
 
 

@@ -10,11 +10,17 @@ It minimises the margin ``z_y - max_{k != y} z_k`` by random search over perturb
   (those counts being for a budget of 10,000 queries and rescaled to ``n_queries``).
 Every evaluated point is ``clip(x + delta)`` (domain clip), inside the ball.  An input counts as broken if the
 clean point or an evaluated point is misclassified; it is then no longer changed.
+
+Broken inputs are dropped from the batch every ``compact_every`` queries, as the authors' implementation
+queries only the inputs not yet fooled: on a robust model most of the budget is spent on the inputs that
+resist, and the verdict is unchanged.  Each input draws its windows from its own PRNG stream (its key folded
+with the query number), so which inputs share a batch, and so the compaction, never changes its search.
 """
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +31,18 @@ from andor_jax.attacks.losses import margin
 from andor_jax.attacks.oracle import LogitsFn, Oracle
 
 HALVING_QUERIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # for a budget of 10,000 queries
+COMPACTION_GRANULES = 8  # a compacted batch is a multiple of batch / 8 inputs: at most 8 compiled sizes
+
+
+class SearchState(NamedTuple):
+    """Per input (leading axis): the search's current perturbation, its best evaluated point and margin,
+    whether it is broken, and its PRNG key."""
+
+    delta: jax.Array
+    x_best: jax.Array
+    best_margin: jax.Array
+    broken: jax.Array
+    key: jax.Array
 
 
 def square_fraction(query: jax.Array, n_queries: int, p_init) -> jax.Array:
@@ -46,59 +64,101 @@ def image_shape_of(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (side, side, 1) if side * side == size else (1, size, 1)
 
 
+def _evaluate(oracle: Oracle, x, y, delta, domain, key):
+    """The point ``clip(x + delta)``, its negated margin (the search minimises the margin) and whether it is
+    misclassified."""
+    x_query = common.clip_to_domain(x + delta.reshape(x.shape), domain)
+    logits = oracle.logits(x_query, key)
+    return x_query, -margin(logits, y), common.misclassified(logits, y)
+
+
+@functools.partial(jax.jit, static_argnames=("oracle", "image_shape"))
+def _start(oracle: Oracle, x, y, key, eps, domain, *, image_shape) -> SearchState:
+    """Query 0: the clean check and the stripes, each input's stripes drawn from its own key."""
+    height, width, channels = image_shape
+    clean_key, init_key, examples_key = jax.random.split(key, 3)
+    example_keys = jax.random.split(examples_key, x.shape[0])
+    clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
+    stripes = jax.vmap(lambda k: jax.random.rademacher(jax.random.fold_in(k, 0), (1, width, channels), x.dtype))(
+        example_keys)
+    delta = jnp.broadcast_to(eps * stripes, (x.shape[0], height, width, channels))
+    x_query, best_margin, broken_now = _evaluate(oracle, x, y, delta, domain, init_key)
+    x_best = jnp.where(common.per_example(clean_broken, x), x, x_query)
+    return SearchState(delta, x_best, best_margin, clean_broken | broken_now, example_keys)
+
+
 @functools.partial(jax.jit, static_argnames=("oracle", "n_queries", "image_shape"))
-def _square(oracle: Oracle, x, y, key, eps, domain, p_init, *, n_queries, image_shape) -> common.AttackResult:
-    batch = x.shape[0]
+def _search(oracle: Oracle, x, y, state: SearchState, model_key, eps, domain, p_init, first_query, stop_query, *,
+            n_queries, image_shape) -> SearchState:
+    """Queries ``first_query, ..., stop_query - 1`` (fewer once every input is broken)."""
     height, width, channels = image_shape
     rows = jnp.arange(height)[None, :, None, None]
     cols = jnp.arange(width)[None, None, :, None]
 
-    def evaluate(delta, query_key):
-        x_query = common.clip_to_domain(x + delta.reshape(x.shape), domain)
-        logits = oracle.logits(x_query, query_key)
-        return x_query, -margin(logits, y), common.misclassified(logits, y)
+    def unfinished(carry):
+        query, state = carry
+        return (query < stop_query) & ~jnp.all(state.broken)
 
-    clean_key, stripes_key, init_key, loop_key = jax.random.split(key, 4)
-    clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
-    stripes = jax.random.rademacher(stripes_key, (batch, 1, width, channels), x.dtype)
-    delta = jnp.broadcast_to(eps * stripes, (batch, height, width, channels))
-    x_query, best_margin, broken_now = evaluate(delta, init_key)
-    x_best = jnp.where(common.per_example(clean_broken, x), x, x_query)
-    broken = clean_broken | broken_now
-
-    query_keys = jax.random.split(loop_key, (n_queries, 2))  # per query: the search's draw, the model's draw
-
-    def unfinished(state):
-        query, *_, broken = state
-        return (query < n_queries) & ~jnp.all(broken)
-
-    def one_query(state):
-        query, delta, x_best, best_margin, broken = state
-        draw_key, model_key = query_keys[query]
+    def one_query(carry):
+        query, state = carry
         p = square_fraction(query, n_queries, p_init)
         side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)).astype(jnp.int32), 1, min(height, width))
-        # one uniform draw per example gives the window's corner and its signs (one PRNG call per query)
-        draw = jax.random.uniform(draw_key, (batch, 2 + channels), x.dtype)
-        top = jnp.minimum(jnp.floor(draw[:, 0] * (height - side + 1)), height - side).reshape(batch, 1, 1, 1)
-        left = jnp.minimum(jnp.floor(draw[:, 1] * (width - side + 1)), width - side).reshape(batch, 1, 1, 1)
+        # one uniform draw per input gives the window's corner and its signs
+        draw = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, query), (2 + channels,), x.dtype))(
+            state.key)
+        top = jnp.minimum(jnp.floor(draw[:, 0] * (height - side + 1)), height - side).reshape(-1, 1, 1, 1)
+        left = jnp.minimum(jnp.floor(draw[:, 1] * (width - side + 1)), width - side).reshape(-1, 1, 1, 1)
         window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        signs = jnp.where(draw[:, 2:] < 0.5, -1.0, 1.0).astype(x.dtype).reshape(batch, 1, 1, channels)
-        candidate = jnp.where(window, eps * signs, delta)
-        x_query, candidate_margin, fooled = evaluate(candidate, model_key)
-        accept = ~broken & ((candidate_margin < best_margin) | fooled)
-        delta = jnp.where(common.per_example(accept, delta), candidate, delta)
-        x_best = jnp.where(common.per_example(accept, x), x_query, x_best)
-        best_margin = jnp.where(accept, candidate_margin, best_margin)
-        return query + 1, delta, x_best, best_margin, broken | (accept & fooled)
+        signs = jnp.where(draw[:, 2:] < 0.5, -1.0, 1.0).astype(x.dtype).reshape(-1, 1, 1, channels)
+        candidate = jnp.where(window, eps * signs, state.delta)
+        x_query, candidate_margin, fooled = _evaluate(oracle, x, y, candidate, domain,
+                                                      jax.random.fold_in(model_key, query))
+        accept = ~state.broken & ((candidate_margin < state.best_margin) | fooled)
+        keep = functools.partial(jnp.where, common.per_example(accept, x))
+        return query + 1, SearchState(jnp.where(common.per_example(accept, candidate), candidate, state.delta),
+                                      keep(x_query, state.x_best),
+                                      jnp.where(accept, candidate_margin, state.best_margin),
+                                      state.broken | (accept & fooled), state.key)
 
-    state = (1, delta, x_best, best_margin, broken)
-    _, _, x_best, _, broken = jax.lax.while_loop(unfinished, one_query, state)
-    return common.AttackResult(x_best, broken)
+    _, state = jax.lax.while_loop(unfinished, one_query, (first_query, state))
+    return state
+
+
+def compacted_size(active: int, batch: int) -> int:
+    """The batch size that holds ``active`` inputs: the next multiple of ``ceil(batch / COMPACTION_GRANULES)``,
+    so that a shrinking batch compiles the search for at most `COMPACTION_GRANULES` sizes."""
+    granule = math.ceil(batch / COMPACTION_GRANULES)
+    return min(batch, math.ceil(active / granule) * granule)
+
+
+def _compacting_search(search, x, y, state: SearchState, n_queries: int,
+                       compact_every: int) -> tuple[jax.Array, jax.Array]:
+    """Runs ``search(x, y, state, first, stop)`` in segments of ``compact_every`` queries; between segments
+    the broken inputs leave the batch (padded with copies of a broken row, which never changes) once it can
+    shrink to a smaller `compacted_size`.  Returns ``(x_best, broken)`` of the whole batch."""
+    x_best, broken = np.array(state.x_best), np.array(state.broken)
+    rows = np.arange(len(broken))  # the original index of every row of the running batch; -1: padding
+    query = 1
+    while query < n_queries and not broken.all():
+        stop = min(query + compact_every, n_queries)
+        state = search(x, y, state, query, stop)
+        query = stop
+        real = rows >= 0
+        now_broken = np.asarray(state.broken)
+        x_best[rows[real]], broken[rows[real]] = np.asarray(state.x_best)[real], now_broken[real]
+        active = np.flatnonzero(real & ~now_broken)
+        size = compacted_size(len(active), len(rows))
+        if len(active) and size < len(rows):
+            padding = np.flatnonzero(now_broken)[:1]
+            take = np.concatenate([active, np.repeat(padding, size - len(active))])
+            x, y, state = (jax.tree.map(lambda a: a[take], tree) for tree in (x, y, state))
+            rows = np.concatenate([rows[active], np.full(size - len(active), -1)])
+    return jnp.asarray(x_best), jnp.asarray(broken)
 
 
 def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
            domain=(0.0, 1.0), n_queries: int = 1000, p_init: float = 0.8,
-           image_shape: tuple[int, int, int] | None = None) -> common.AttackResult:
+           image_shape: tuple[int, int, int] | None = None, compact_every: int | None = 25) -> common.AttackResult:
     """The L-inf Square attack against ``logits_fn`` (see the module docstring); it never differentiates.
 
     Args:
@@ -111,9 +171,14 @@ def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Ar
       n_queries: model queries per example, the initial stripes included (the clean check is extra).
       p_init: initial fraction of the image covered by a square.
       image_shape: ``(H, W, C)`` the squares live in; None infers it (`image_shape_of`).
+      compact_every: queries between two compactions of the batch (broken inputs leave it); None keeps the
+        whole batch to the end.  Compaction needs concrete arrays: inside a caller's ``jax.jit`` the batch is
+        never compacted.  Either way the verdict and the points are the same for a deterministic model.
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm="linf")
     common.check_positive_int("n_queries", n_queries)
+    if compact_every is not None:
+        common.check_positive_int("compact_every", compact_every)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must lie in (0, 1], got {p_init}")
     if image_shape is None:
@@ -122,5 +187,14 @@ def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Ar
     if len(image_shape) != 3 or int(np.prod(image_shape)) != int(np.prod(jnp.shape(x)[1:])):
         raise ValueError(f"image_shape {image_shape} is not an (H, W, C) layout of inputs of shape "
                          f"{jnp.shape(x)[1:]}")
-    return _square(oracle, x, y, key, eps, domain, common.as_scalar(p_init, x), n_queries=n_queries,
-                   image_shape=image_shape)
+    start_key, model_key = jax.random.split(key)
+    state = _start(oracle, x, y, start_key, eps, domain, image_shape=image_shape)
+
+    def search(x, y, state, first_query, stop_query):
+        return _search(oracle, x, y, state, model_key, eps, domain, common.as_scalar(p_init, x), first_query,
+                       stop_query, n_queries=n_queries, image_shape=image_shape)
+
+    if compact_every is None or common.traced(x, y, key, eps):
+        state = search(x, y, state, 1, n_queries)
+        return common.AttackResult(state.x_best, state.broken)
+    return common.AttackResult(*_compacting_search(search, x, y, state, n_queries, compact_every))

@@ -22,12 +22,18 @@ def _test_split(experiment: experiment_lib.Experiment, limit: int | None):
     return np.asarray(ds.x_test[:count]), np.asarray(ds.y_test[:count])
 
 
+PROGRESS_FILE = "report_progress.npz"  # the attacked chunks of an unfinished evaluation (resumed on the next call)
+
+
 def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[float] | None = None,
              limit: int | None = None, certify: bool = False, pseudo_gradient_attacks: bool = False,
              progress: bool = True, output_dir=None,
              attack_settings: dict[str, dict] | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Unset arguments come from the run's ``evaluate`` config block.
+
+    The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
+    report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
     """
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
     settings = experiment.config.evaluate
@@ -36,6 +42,7 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
     x, y = _test_split(experiment, settings.limit if limit is None else limit)
     domain = tuple(experiment.config.data.domain)
     logits_fn = jax.jit(experiment.logits_fn(variables, rho=0.0))
+    output_dir = pathlib.Path(output_dir or workdir)
     double_with_psd = pseudo_gradient_attacks or settings.get("pseudo_gradient_attacks", False)
     psd = double_with_psd or any(report_lib.split_label(label)[1] == "psd" for label in attack_names)
     result = report_lib.robustness_report(
@@ -43,16 +50,18 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
         key=jax.random.PRNGKey(experiment.config.seed), batch_size=settings.batch_size,
         gradient_logits_fns={"psd": experiment.logits_fn(variables, rho=1.0)} if psd else None,
         doubled_tags=["psd"] if double_with_psd else [],
-        overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress)
+        overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress,
+        progress_path=output_dir / PROGRESS_FILE, model_digest=report_lib.digest(variables))
     result["model"] = experiment.config.model.to_dict()
     result["data"] = {"dataset": experiment.config.data.dataset, "source": experiment.dataset.source,
                       "domain": list(domain)}
     if certify or settings.get("certify", False):
         result.update(_certified(experiment, variables, x, y, eps_grid))
-    output_dir = pathlib.Path(output_dir or workdir)
     if experiment.config.train.get("objective") == "andor":
         result["andness"] = _andness(experiment, variables, x, output_dir)
-    return report_lib.write_report(result, output_dir)
+    paths = report_lib.write_report(result, output_dir)
+    (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    return paths
 
 
 ANDNESS_EXAMPLES = 1000  # test examples for the EDS / SDS statistics of the AND-ness summary

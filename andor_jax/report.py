@@ -12,6 +12,7 @@ into an existing one, so that e.g. ``certified_accuracy`` from the certifier sur
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -125,11 +126,56 @@ def _padded(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)]) if len(array) < size else array
 
 
+class ChunkProgress:
+    """The per-example outcomes of the chunks attacked so far, saved to ``path`` (``.npz``) after every chunk,
+    so that an interrupted evaluation resumes at the first chunk not done.  A file written for other inputs,
+    attacks, settings or key (``fingerprint``) is refused rather than mixed in."""
+
+    def __init__(self, path: str | os.PathLike | None, fingerprint: str, arrays: dict[str, np.ndarray]):
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint
+        self.arrays = arrays
+        self.chunks_done = 0
+        if self.path is not None and self.path.exists():
+            with np.load(self.path, allow_pickle=False) as saved:
+                if str(saved["fingerprint"]) != fingerprint:
+                    raise ValueError(f"{self.path} holds the progress of a different evaluation (other inputs, "
+                                     "attacks, settings or key); delete it to start afresh")
+                self.chunks_done = int(saved["chunks_done"])
+                for name in arrays:
+                    arrays[name][...] = saved[name]
+
+    def save(self, chunks_done: int) -> None:
+        self.chunks_done = chunks_done
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(temporary, fingerprint=self.fingerprint, chunks_done=chunks_done, **self.arrays)
+        temporary.replace(self.path)
+
+
+def digest(tree) -> str:
+    """A SHA-256 digest of the arrays of a pytree (e.g. a model's variables, or inputs and labels)."""
+    hasher = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        hasher.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return hasher.hexdigest()
+
+
+def _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key) -> str:
+    """What decides the outcome of every chunk: the model, the inputs and labels, and every setting."""
+    described = {"model": model_digest, "data": digest((x, y)), "runs": runs, "eps": keys, "settings": settings, "overrides": overrides,
+                 "domain": list(domain), "chunk": chunk, "key": np.asarray(jax.random.key_data(key)).tolist()}
+    return json.dumps(described, sort_keys=True, default=str)
+
+
 def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence[float],
                       domain=(0.0, 1.0), key: jax.Array, batch_size: int = 500,
                       gradient_logits_fns: Mapping[str, LogitsFn] | None = None,
                       overrides: Mapping[str, Mapping] | None = None, progress: bool = True,
-                      doubled_tags: Sequence[str] | None = None) -> dict:
+                      doubled_tags: Sequence[str] | None = None,
+                      progress_path: str | os.PathLike | None = None, model_digest: str | None = None) -> dict:
     """Attacks ``logits_fn`` on ``(x, y)`` with every attack at every eps and summarises the outcome.
 
     Args:
@@ -149,6 +195,10 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
       overrides: per-attack setting overrides, e.g. ``{'pgd': {'steps': 100, 'step_rule': 'adadelta'}}``;
         entries for registered attacks that are not run are ignored.
       progress: show a progress bar over the chunks.
+      progress_path: an ``.npz`` file that keeps the outcomes of the chunks done (`ChunkProgress`): an
+        interrupted call with the same arguments resumes after the last chunk saved.  None keeps nothing.
+      model_digest: what identifies the model (`digest` of its variables); required with ``progress_path``,
+        so that the progress of another model is never resumed.
 
     Returns:
       A JSON-able dict with ``clean_accuracy``, ``n_examples``, ``attacks`` ({label: {eps: accuracy}}),
@@ -167,11 +217,19 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
     chunk = min(batch_size, n)
     clean_correct = np.zeros(n, bool)
     correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
-    seconds = {label: 0.0 for label, _, _ in runs}
+    attack_seconds = np.zeros(len(runs))
+    if progress_path is not None and not model_digest:
+        raise ValueError("progress_path needs model_digest (e.g. report.digest(variables)), so that the saved "
+                         "progress of another model is never resumed")
+    saved = ChunkProgress(progress_path, _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key),
+                          {"clean": clean_correct, "seconds": attack_seconds,
+                           **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys}})
     predict = jax.jit(lambda inputs: jnp.argmax(logits_fn(inputs), axis=-1))
 
-    bar = tqdm(_batches(n, chunk), desc="robustness report", unit="batch", disable=not progress)
-    for batch_index, (start, stop) in enumerate(bar):
+    batches = _batches(n, chunk)
+    bar = tqdm(total=len(batches), initial=saved.chunks_done, desc="robustness report", unit="batch",
+               disable=not progress)
+    for batch_index, (start, stop) in enumerate(batches[saved.chunks_done:], start=saved.chunks_done):
         xb, yb = jnp.asarray(_padded(x[start:stop], chunk)), jnp.asarray(_padded(y[start:stop], chunk))
         size = stop - start
         clean_correct[start:stop] = np.asarray(predict(xb) == yb)[:size]
@@ -185,7 +243,11 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
                                              domain, gradient_logits_fn=gradient_logits_fns.get(tag),
                                              **overrides.get(name, {}))
                 correct[label][k][start:stop] = ~np.asarray(result.broken)[:size]
-                seconds[label] += time.perf_counter() - started
+                attack_seconds[run_index] += time.perf_counter() - started
+        saved.save(batch_index + 1)
+        bar.update()
+    bar.close()
+    seconds = {label: float(value) for (label, _, _), value in zip(runs, attack_seconds)}
 
     def accuracy(mask):
         return float(np.mean(mask))

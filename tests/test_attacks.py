@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from andor_jax import attacks
-from andor_jax.attacks import common, losses, oracle
+from andor_jax.attacks import common, compaction, losses, oracle
 
 # the package exports the attack functions under their modules' names, so reach the modules explicitly
 apgd_module = importlib.import_module("andor_jax.attacks.apgd")
@@ -334,10 +334,11 @@ def test_pgd_restart_groups_reach_the_analytic_verdict():
 
 
 
-def test_square_compaction_keeps_the_verdict_and_queries_only_unbroken_inputs():
-    """Dropping broken inputs from the batch between segments of queries changes neither the verdict nor the
-    points (each input searches with its own PRNG stream), and evaluates fewer rows; inside a caller's jit the
-    batch is left whole.  The model counts the rows it evaluates through a host callback."""
+@pytest.mark.parametrize("name, budget", [("square", {"n_queries": 60}), ("apgd-ce", {"steps": 30, "restarts": 2})])
+def test_compaction_keeps_the_verdict_and_evaluates_only_unbroken_inputs(name, budget):
+    """Dropping broken inputs from the batch between segments of iterations changes neither the verdict nor
+    the points (every input's iterations depend on it alone), and evaluates fewer rows; inside a caller's jit
+    the batch is left whole.  The model counts the rows it evaluates through a host callback."""
     rows_evaluated = []
 
     def counting_net(x):
@@ -347,11 +348,12 @@ def test_square_compaction_keeps_the_verdict_and_queries_only_unbroken_inputs():
     # 32 inputs with label 0 at distances to the class-1 boundary spread from easy to impossible at eps 0.12
     x = 0.5 + jax.random.uniform(jax.random.PRNGKey(5), (32, DIM), minval=-0.3, maxval=0.3)
     y = jnp.argmax(MULTI_NET(x), axis=-1)
+    attack, key = attacks.ATTACKS[name].fn, jax.random.PRNGKey(4)
+    settings_ = {**attacks.ATTACKS[name].defaults, **budget}
     outcomes = {}
     for compact_every in (None, 3, 10):
         rows_evaluated.clear()
-        result = attacks.square(counting_net, x, y, jax.random.PRNGKey(4), eps=0.12, n_queries=60,
-                                compact_every=compact_every)
+        result = attack(counting_net, x, y, key, eps=0.12, **(settings_ | {"compact_every": compact_every}))
         outcomes[compact_every] = result, sum(rows_evaluated)
     whole, whole_rows = outcomes[None]
     assert 0 < int(whole.broken.sum()) < 32, "the test needs inputs that break and inputs that resist"
@@ -361,12 +363,15 @@ def test_square_compaction_keeps_the_verdict_and_queries_only_unbroken_inputs():
         np.testing.assert_array_equal(result.x_adv, whole.x_adv)
         assert rows < whole_rows, (compact_every, rows, whole_rows)
     assert outcomes[3][1] <= outcomes[10][1]
-    jitted = jax.jit(lambda x, y: attacks.square(MULTI_NET, x, y, jax.random.PRNGKey(4), eps=0.12, n_queries=60))
+    jitted = jax.jit(lambda x, y: attack(MULTI_NET, x, y, key, eps=0.12, **settings_))
     np.testing.assert_array_equal(jitted(x, y).broken, whole.broken)
-    # sizes are multiples of ceil(500 / 8) = 63, capped at the batch
-    assert [square_module.compacted_size(n, 500) for n in (5, 63, 64, 400, 500)] == [63, 63, 126, 441, 500]
     with pytest.raises(ValueError, match="compact_every must be an integer >= 1"):
-        attacks.square(MULTI_NET, x, y, jax.random.PRNGKey(4), eps=0.12, compact_every=0)
+        attack(MULTI_NET, x, y, key, eps=0.12, **(settings_ | {"compact_every": 0}))
+
+
+def test_compacted_batch_sizes_are_multiples_of_an_eighth():
+    # multiples of ceil(500 / 8) = 63, capped at the batch
+    assert [compaction.compacted_size(n, 500) for n in (5, 63, 64, 400, 500)] == [63, 63, 126, 441, 500]
 
 # ---------------------------------------------------------------------------------------------------------
 # Pieces with known values.

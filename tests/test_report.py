@@ -65,6 +65,41 @@ def test_report_contents(small_report):
     json.dumps(report)  # JSON-able
 
 
+
+def test_an_interrupted_report_resumes_after_the_last_saved_chunk(small_report, tmp_path, monkeypatch):
+    """The chunk outcomes saved after each chunk let a second call finish the work of an interrupted one with
+    the result of an uninterrupted run; progress saved for another model is refused."""
+    x, y = _data()
+    y = y.at[0].set((y[0] + 1) % 3)
+    arguments = dict(attacks=["fgsm", "pgd", "square"], eps_grid=[0.02, 0.05, 0.1], domain=(0.0, 1.0),
+                     key=jax.random.PRNGKey(0), batch_size=10, gradient_logits_fns={"psd": linear_net},
+                     overrides=FAST, progress=False, progress_path=tmp_path / "progress.npz", model_digest="model-a")
+    run_attack, calls = registry.run_attack, []
+
+    def interrupted_after_two_chunks(name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) > 2 * 5 * 3:  # 5 runs x 3 eps per chunk
+            raise KeyboardInterrupt
+        return run_attack(name, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "run_attack", interrupted_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        report_lib.robustness_report(linear_net, x, y, **arguments)
+    monkeypatch.setattr(registry, "run_attack", run_attack)
+    with np.load(tmp_path / "progress.npz") as saved:
+        assert int(saved["chunks_done"]) == 2
+    counted = []
+    monkeypatch.setattr(registry, "run_attack", lambda *a, **k: counted.append(1) or run_attack(*a, **k))
+    resumed = report_lib.robustness_report(linear_net, x, y, **arguments)
+    assert len(counted) == 5 * 3, "only the last of the three chunks is attacked again"
+    for field in ("clean_accuracy", "attacks", "robust_accuracy", "sanity"):
+        assert resumed[field] == small_report[field], field
+    with pytest.raises(ValueError, match="progress of a different evaluation"):
+        report_lib.robustness_report(linear_net, x, y, **(arguments | {"model_digest": "model-b"}))
+    with pytest.raises(ValueError, match="needs model_digest"):
+        report_lib.robustness_report(linear_net, x, y, **(arguments | {"model_digest": None}))
+    assert report_lib.digest({"w": jnp.ones(3)}) != report_lib.digest({"w": jnp.zeros(3)})
+
 def test_a_tagged_attack_runs_on_that_gradient_only():
     x, y = _data()
     report = report_lib.robustness_report(

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from andor_jax.attacks import common
+from andor_jax.attacks import common, compaction
 from andor_jax.attacks.losses import LOSSES
 from andor_jax.attacks.oracle import LogitsFn, Oracle
 
@@ -52,74 +53,115 @@ def _schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_checkpoint, window
 
 
-@functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "restarts", "random_start", "loss"))
-def _apgd(oracle: Oracle, x, y, key, eps, domain, momentum, rho, *, norm, steps, restarts, random_start,
-          loss) -> common.AttackResult:
-    loss_fn = LOSSES[loss]
-    is_checkpoint, window = _schedule(steps)
-    clean_key, start_key, steps_key, final_key = jax.random.split(key, 4)
+class SearchState(NamedTuple):
+    """Per input and restart, leaves of shape (batch, restarts, ...): the iterate and the one before it, the
+    step size, the first misclassified point and whether there is one, the best point, its gradient and
+    loss, the last loss, the steps that raised the loss since the last checkpoint, and the best loss and
+    whether the step size was halved at the last checkpoint."""
+
+    x_t: jax.Array
+    x_prev: jax.Array
+    eta: jax.Array
+    found: jax.Array
+    broken: jax.Array
+    best_x: jax.Array
+    best_grad: jax.Array
+    best_loss: jax.Array
+    previous_loss: jax.Array
+    successes: jax.Array
+    best_at_check: jax.Array
+    halved_at_check: jax.Array
+
+
+def _over_restarts(fn):
+    """``fn`` vmapped over the restart axis 1 of its state (and of the per-restart arrays after it)."""
+    return jax.vmap(fn, in_axes=(None, None, 1, 0), out_axes=1)
+
+
+@functools.partial(jax.jit, static_argnames=("oracle", "norm", "restarts", "random_start"))
+def _start(oracle: Oracle, x, y, key, eps, domain, *, norm, restarts, random_start) -> SearchState:
+    clean_key, start_key = jax.random.split(key)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
+    x_start = jnp.moveaxis(common.starting_points(start_key, x, eps, domain, norm, restarts, random_start), 0, 1)
     batch = x.shape[0]
 
-    def one_restart(x_start, step_keys, final_key):
-        def step(state, inputs):
-            t, step_key, checkpoint, window_length = inputs
-            (x_t, x_prev, eta, found, broken, best_x, best_grad, best_loss, previous_loss, successes,
-             best_at_check, halved_at_check) = state
-            logits, losses, grads = oracle.loss_and_grad(loss_fn, x_t, y, step_key)
-            found, broken = common.record_misclassified(found, broken, x_t, logits, y)
-            successes = successes + ((t > 0) & (losses > previous_loss))
-            improved = losses > best_loss
-            best_x = jnp.where(common.per_example(improved, x), x_t, best_x)
-            best_grad = jnp.where(common.per_example(improved, x), grads, best_grad)
-            best_loss = jnp.where(improved, losses, best_loss)
-            previous_loss = losses
+    def per_restart(value):
+        return jnp.broadcast_to(value[:, None], (batch, restarts) + value.shape[1:])
 
-            oscillating = successes < rho * window_length
-            stalled = ~halved_at_check & (best_loss <= best_at_check)
-            halve = checkpoint & (oscillating | stalled)
-            eta = jnp.where(halve, eta / 2, eta)
-            back = common.per_example(halve, x)
-            x_t = jnp.where(back, best_x, x_t)
-            x_prev = jnp.where(back, best_x, x_prev)
-            grads = jnp.where(back, best_grad, grads)
-            previous_loss = jnp.where(halve, best_loss, previous_loss)
-            successes = jnp.where(checkpoint, 0, successes)
-            best_at_check = jnp.where(checkpoint, best_loss, best_at_check)
-            halved_at_check = jnp.where(checkpoint, halve, halved_at_check)
+    minus_inf = per_restart(jnp.full((batch,), -jnp.inf, x.dtype))
+    return SearchState(x_start, x_start, per_restart(jnp.full((batch,), 2.0, x.dtype) * eps), per_restart(x),
+                       per_restart(clean_broken), x_start, jnp.zeros_like(x_start), minus_inf, minus_inf,
+                       per_restart(jnp.zeros((batch,), jnp.int32)), minus_inf, per_restart(jnp.zeros((batch,), bool)))
 
-            z = common.project(x_t + common.per_example(eta, x) * common.steepest_direction(grads, norm),
-                               x, eps, domain, norm)
-            weight = jnp.where(t == 0, 1.0, momentum)
-            x_next = common.project(x_t + weight * (z - x_t) + (1 - weight) * (x_t - x_prev), x, eps, domain, norm)
-            return (x_next, x_t, eta, found, broken, best_x, best_grad, best_loss, previous_loss, successes,
-                    best_at_check, halved_at_check), None
 
-        minus_inf = jnp.full((batch,), -jnp.inf, x.dtype)
-        state = (x_start, x_start, jnp.full((batch,), 2.0, x.dtype) * eps, x, clean_broken, x_start,
-                 jnp.zeros_like(x), minus_inf, minus_inf, jnp.zeros((batch,), jnp.int32), minus_inf,
-                 jnp.zeros((batch,), bool))
-        inputs = (jnp.arange(steps), step_keys, jnp.asarray(is_checkpoint), jnp.asarray(window))
-        state, _ = jax.lax.scan(step, state, inputs)
-        x_last, _, _, found, broken, best_x, _, best_loss, *_ = state
-        logits = oracle.logits(x_last, final_key)
-        found, broken = common.record_misclassified(found, broken, x_last, logits, y)
+@functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "loss"))
+def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum, rho, *,
+             norm, steps, loss) -> SearchState:
+    """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input is broken)."""
+    loss_fn = LOSSES[loss]
+    is_checkpoint, window = (jnp.asarray(a) for a in _schedule(steps))
+
+    def step(x, y, state: SearchState, step_key, t):
+        logits, losses, grads = oracle.loss_and_grad(loss_fn, state.x_t, y, step_key)
+        found, broken = common.record_misclassified(state.found, state.broken, state.x_t, logits, y)
+        successes = state.successes + ((t > 0) & (losses > state.previous_loss))
+        improved = losses > state.best_loss
+        best_x = jnp.where(common.per_example(improved, x), state.x_t, state.best_x)
+        best_grad = jnp.where(common.per_example(improved, x), grads, state.best_grad)
+        best_loss = jnp.where(improved, losses, state.best_loss)
+
+        checkpoint = is_checkpoint[t]
+        oscillating = successes < rho * window[t]
+        stalled = ~state.halved_at_check & (best_loss <= state.best_at_check)
+        halve = checkpoint & (oscillating | stalled)
+        eta = jnp.where(halve, state.eta / 2, state.eta)
+        back = common.per_example(halve, x)
+        x_t = jnp.where(back, best_x, state.x_t)
+        x_prev = jnp.where(back, best_x, state.x_prev)
+        grads = jnp.where(back, best_grad, grads)
+
+        z = common.project(x_t + common.per_example(eta, x) * common.steepest_direction(grads, norm),
+                           x, eps, domain, norm)
+        weight = jnp.where(t == 0, 1.0, momentum)
+        x_next = common.project(x_t + weight * (z - x_t) + (1 - weight) * (x_t - x_prev), x, eps, domain, norm)
+        return SearchState(x_next, x_t, eta, found, broken, best_x, best_grad, best_loss,
+                           jnp.where(halve, best_loss, losses), jnp.where(checkpoint, 0, successes),
+                           jnp.where(checkpoint, best_loss, state.best_at_check),
+                           jnp.where(checkpoint, halve, state.halved_at_check))
+
+    def unfinished(carry):
+        t, state = carry
+        return (t < stop) & ~jnp.all(jnp.any(state.broken, axis=1))
+
+    def one_step(carry):
+        t, state = carry
+        return t + 1, _over_restarts(lambda x, y, state, key: step(x, y, state, key, t))(x, y, state, step_keys[:, t])
+
+    _, state = jax.lax.while_loop(unfinished, one_step, (first, state))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("oracle", "loss"))
+def _finish(oracle: Oracle, x, y, state: SearchState, final_keys, *, loss) -> common.AttackResult:
+    """The last iterate is checked too; per input, a misclassified point of some restart, otherwise the
+    best-loss point over the restarts."""
+    loss_fn = LOSSES[loss]
+
+    def one_restart(x, y, state: SearchState, final_key):
+        logits = oracle.logits(state.x_t, final_key)
+        found, broken = common.record_misclassified(state.found, state.broken, state.x_t, logits, y)
         last_loss = loss_fn(logits, y)
-        improved = common.per_example(last_loss > best_loss, x)
-        best_x = jnp.where(improved, x_last, best_x)
-        best_loss = jnp.maximum(best_loss, last_loss)
-        return jnp.where(common.per_example(broken, x), found, best_x), broken, best_loss
+        best_x = jnp.where(common.per_example(last_loss > state.best_loss, x), state.x_t, state.best_x)
+        return jnp.where(common.per_example(broken, x), found, best_x), broken, jnp.maximum(state.best_loss, last_loss)
 
-    x_adv, broken, best_loss = jax.vmap(one_restart)(
-        common.starting_points(start_key, x, eps, domain, norm, restarts, random_start),
-        jax.random.split(steps_key, (restarts, steps)), jax.random.split(final_key, restarts))
-    return common.best_of_restarts(x_adv, broken, best_loss)
+    x_adv, broken, best_loss = _over_restarts(one_restart)(x, y, state, final_keys)
+    return common.best_of_restarts(*(jnp.moveaxis(a, 1, 0) for a in (x_adv, broken, best_loss)))
 
 
 def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
          domain=(0.0, 1.0), norm: str = "linf", steps: int = 100, restarts: int = 1, loss: str = "ce",
          random_start: bool = True, momentum: float = 0.75, rho: float = 0.75,
-         gradient_logits_fn: LogitsFn | None = None) -> common.AttackResult:
+         gradient_logits_fn: LogitsFn | None = None, compact_every: int | None = 10) -> common.AttackResult:
     """APGD against ``logits_fn`` (see the module docstring).
 
     Args:
@@ -137,13 +179,32 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
       momentum: ``alpha``, the weight of the new step against the previous one.
       rho: the fraction of improving steps below which the step size is halved.
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
+      compact_every: iterations between two compactions of the batch (inputs broken by some restart leave
+        it, `andor_jax.attacks.compaction`); None keeps the whole batch.  Inside a caller's ``jax.jit`` the
+        batch is never compacted.  The verdict and the points are the same either way for a deterministic
+        model; the iterations stop once every input is broken.
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                          gradient_logits_fn=gradient_logits_fn)
     common.check_positive_int("steps", steps)
     common.check_positive_int("restarts", restarts)
+    if compact_every is not None:
+        common.check_positive_int("compact_every", compact_every)
     for setting, value in (("momentum", momentum), ("rho", rho)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")
-    return _apgd(oracle, x, y, key, eps, domain, common.as_scalar(momentum, x), common.as_scalar(rho, x),
-                 norm=norm, steps=steps, restarts=restarts, random_start=bool(random_start), loss=loss)
+    start_key, steps_key, final_key = jax.random.split(key, 3)
+    state = _start(oracle, x, y, start_key, eps, domain, norm=norm, restarts=restarts, random_start=bool(random_start))
+    step_keys = jax.random.split(steps_key, (restarts, steps))
+    momentum, rho = common.as_scalar(momentum, x), common.as_scalar(rho, x)
+
+    def iterate(operands, state, first, stop):
+        return _iterate(oracle, *operands, state, step_keys, first, stop, eps, domain, momentum, rho, norm=norm,
+                        steps=steps, loss=loss)
+
+    if compact_every is None or common.traced(x, y, key, eps):
+        state = iterate((x, y), state, 0, steps)
+    else:
+        state = compaction.run_compacting(iterate, (x, y), state, start=0, stop=steps, every=compact_every,
+                                          finished=lambda state: jnp.any(state.broken, axis=1))
+    return _finish(oracle, x, y, state, jax.random.split(final_key, restarts), loss=loss)

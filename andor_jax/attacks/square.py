@@ -11,10 +11,10 @@ It minimises the margin ``z_y - max_{k != y} z_k`` by random search over perturb
 Every evaluated point is ``clip(x + delta)`` (domain clip), inside the ball.  An input counts as broken if the
 clean point or an evaluated point is misclassified; it is then no longer changed.
 
-Broken inputs are dropped from the batch every ``compact_every`` queries, as the authors' implementation
-queries only the inputs not yet fooled: on a robust model most of the budget is spent on the inputs that
-resist, and the verdict is unchanged.  Each input draws its windows from its own PRNG stream (its key folded
-with the query number), so which inputs share a batch, and so the compaction, never changes its search.
+Broken inputs leave the batch every ``compact_every`` queries (`andor_jax.attacks.compaction`), as the
+authors' implementation queries only the inputs not yet fooled.  Each input draws its stripes and windows
+from its own PRNG stream (its key folded with the query number), so which inputs share a batch, and so the
+compaction, never changes its search.
 """
 from __future__ import annotations
 
@@ -26,23 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from andor_jax.attacks import common
+from andor_jax.attacks import common, compaction
 from andor_jax.attacks.losses import margin
 from andor_jax.attacks.oracle import LogitsFn, Oracle
 
 HALVING_QUERIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # for a budget of 10,000 queries
-COMPACTION_GRANULES = 8  # a compacted batch is a multiple of batch / 8 inputs: at most 8 compiled sizes
 
 
 class SearchState(NamedTuple):
     """Per input (leading axis): the search's current perturbation, its best evaluated point and margin,
-    whether it is broken, and its PRNG key."""
+    and whether it is broken."""
 
     delta: jax.Array
     x_best: jax.Array
     best_margin: jax.Array
     broken: jax.Array
-    key: jax.Array
 
 
 def square_fraction(query: jax.Array, n_queries: int, p_init) -> jax.Array:
@@ -73,22 +71,21 @@ def _evaluate(oracle: Oracle, x, y, delta, domain, key):
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "image_shape"))
-def _start(oracle: Oracle, x, y, key, eps, domain, *, image_shape) -> SearchState:
+def _start(oracle: Oracle, x, y, example_keys, key, eps, domain, *, image_shape) -> SearchState:
     """Query 0: the clean check and the stripes, each input's stripes drawn from its own key."""
     height, width, channels = image_shape
-    clean_key, init_key, examples_key = jax.random.split(key, 3)
-    example_keys = jax.random.split(examples_key, x.shape[0])
+    clean_key, init_key = jax.random.split(key)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
     stripes = jax.vmap(lambda k: jax.random.rademacher(jax.random.fold_in(k, 0), (1, width, channels), x.dtype))(
         example_keys)
     delta = jnp.broadcast_to(eps * stripes, (x.shape[0], height, width, channels))
     x_query, best_margin, broken_now = _evaluate(oracle, x, y, delta, domain, init_key)
     x_best = jnp.where(common.per_example(clean_broken, x), x, x_query)
-    return SearchState(delta, x_best, best_margin, clean_broken | broken_now, example_keys)
+    return SearchState(delta, x_best, best_margin, clean_broken | broken_now)
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "n_queries", "image_shape"))
-def _search(oracle: Oracle, x, y, state: SearchState, model_key, eps, domain, p_init, first_query, stop_query, *,
+def _search(oracle: Oracle, x, y, example_keys, state: SearchState, model_key, eps, domain, p_init, first_query, stop_query, *,
             n_queries, image_shape) -> SearchState:
     """Queries ``first_query, ..., stop_query - 1`` (fewer once every input is broken)."""
     height, width, channels = image_shape
@@ -105,7 +102,7 @@ def _search(oracle: Oracle, x, y, state: SearchState, model_key, eps, domain, p_
         side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)).astype(jnp.int32), 1, min(height, width))
         # one uniform draw per input gives the window's corner and its signs
         draw = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, query), (2 + channels,), x.dtype))(
-            state.key)
+            example_keys)
         top = jnp.minimum(jnp.floor(draw[:, 0] * (height - side + 1)), height - side).reshape(-1, 1, 1, 1)
         left = jnp.minimum(jnp.floor(draw[:, 1] * (width - side + 1)), width - side).reshape(-1, 1, 1, 1)
         window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
@@ -118,42 +115,10 @@ def _search(oracle: Oracle, x, y, state: SearchState, model_key, eps, domain, p_
         return query + 1, SearchState(jnp.where(common.per_example(accept, candidate), candidate, state.delta),
                                       keep(x_query, state.x_best),
                                       jnp.where(accept, candidate_margin, state.best_margin),
-                                      state.broken | (accept & fooled), state.key)
+                                      state.broken | (accept & fooled))
 
     _, state = jax.lax.while_loop(unfinished, one_query, (first_query, state))
     return state
-
-
-def compacted_size(active: int, batch: int) -> int:
-    """The batch size that holds ``active`` inputs: the next multiple of ``ceil(batch / COMPACTION_GRANULES)``,
-    so that a shrinking batch compiles the search for at most `COMPACTION_GRANULES` sizes."""
-    granule = math.ceil(batch / COMPACTION_GRANULES)
-    return min(batch, math.ceil(active / granule) * granule)
-
-
-def _compacting_search(search, x, y, state: SearchState, n_queries: int,
-                       compact_every: int) -> tuple[jax.Array, jax.Array]:
-    """Runs ``search(x, y, state, first, stop)`` in segments of ``compact_every`` queries; between segments
-    the broken inputs leave the batch (padded with copies of a broken row, which never changes) once it can
-    shrink to a smaller `compacted_size`.  Returns ``(x_best, broken)`` of the whole batch."""
-    x_best, broken = np.array(state.x_best), np.array(state.broken)
-    rows = np.arange(len(broken))  # the original index of every row of the running batch; -1: padding
-    query = 1
-    while query < n_queries and not broken.all():
-        stop = min(query + compact_every, n_queries)
-        state = search(x, y, state, query, stop)
-        query = stop
-        real = rows >= 0
-        now_broken = np.asarray(state.broken)
-        x_best[rows[real]], broken[rows[real]] = np.asarray(state.x_best)[real], now_broken[real]
-        active = np.flatnonzero(real & ~now_broken)
-        size = compacted_size(len(active), len(rows))
-        if len(active) and size < len(rows):
-            padding = np.flatnonzero(now_broken)[:1]
-            take = np.concatenate([active, np.repeat(padding, size - len(active))])
-            x, y, state = (jax.tree.map(lambda a: a[take], tree) for tree in (x, y, state))
-            rows = np.concatenate([rows[active], np.full(size - len(active), -1)])
-    return jnp.asarray(x_best), jnp.asarray(broken)
 
 
 def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
@@ -187,14 +152,18 @@ def square(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Ar
     if len(image_shape) != 3 or int(np.prod(image_shape)) != int(np.prod(jnp.shape(x)[1:])):
         raise ValueError(f"image_shape {image_shape} is not an (H, W, C) layout of inputs of shape "
                          f"{jnp.shape(x)[1:]}")
-    start_key, model_key = jax.random.split(key)
-    state = _start(oracle, x, y, start_key, eps, domain, image_shape=image_shape)
+    examples_key, start_key, model_key = jax.random.split(key, 3)
+    example_keys = jax.random.split(examples_key, jnp.shape(x)[0])
+    state = _start(oracle, x, y, example_keys, start_key, eps, domain, image_shape=image_shape)
 
-    def search(x, y, state, first_query, stop_query):
-        return _search(oracle, x, y, state, model_key, eps, domain, common.as_scalar(p_init, x), first_query,
+    def search(operands, state, first_query, stop_query):
+        return _search(oracle, *operands, state, model_key, eps, domain, common.as_scalar(p_init, x), first_query,
                        stop_query, n_queries=n_queries, image_shape=image_shape)
 
+    operands = (x, y, example_keys)
     if compact_every is None or common.traced(x, y, key, eps):
-        state = search(x, y, state, 1, n_queries)
-        return common.AttackResult(state.x_best, state.broken)
-    return common.AttackResult(*_compacting_search(search, x, y, state, n_queries, compact_every))
+        state = search(operands, state, 1, n_queries)
+    else:
+        state = compaction.run_compacting(search, operands, state, start=1, stop=n_queries, every=compact_every,
+                                          finished=lambda state: state.broken)
+    return common.AttackResult(state.x_best, state.broken)

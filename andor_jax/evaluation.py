@@ -23,6 +23,7 @@ def _test_split(experiment: experiment_lib.Experiment, limit: int | None):
 
 
 PROGRESS_FILE = "report_progress.npz"  # the attacked chunks of an unfinished evaluation (resumed on the next call)
+OUTCOMES_FILE = "report_outcomes.npz"  # the same file once the evaluation is complete: every example's outcome
 
 
 def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[float] | None = None,
@@ -34,6 +35,8 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
 
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
+    The file then becomes `OUTCOMES_FILE`: per example, ``clean`` (classified correctly) and ``LABEL@EPS``
+    (still correct under that attack), so that evaluations of the same inputs can be merged per example.
     """
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
     settings = experiment.config.evaluate
@@ -60,7 +63,7 @@ def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[fl
     if experiment.config.train.get("objective") == "andor":
         result["andness"] = _andness(experiment, variables, x, output_dir)
     paths = report_lib.write_report(result, output_dir)
-    (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    (output_dir / PROGRESS_FILE).replace(output_dir / OUTCOMES_FILE)
     return paths
 
 

@@ -165,7 +165,8 @@ def digest(tree) -> str:
 
 def _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key) -> str:
     """What decides the outcome of every chunk: the model, the inputs and labels, and every setting."""
-    described = {"model": model_digest, "data": digest((x, y)), "runs": runs, "eps": keys, "settings": settings, "overrides": overrides,
+    described = {"model": model_digest, "data": digest((x, y)), "runs": runs, "eps": keys, "settings": settings,
+                 "overrides": overrides,
                  "domain": list(domain), "chunk": chunk, "key": np.asarray(jax.random.key_data(key)).tolist()}
     return json.dumps(described, sort_keys=True, default=str)
 
@@ -221,7 +222,8 @@ def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_
     if progress_path is not None and not model_digest:
         raise ValueError("progress_path needs model_digest (e.g. report.digest(variables)), so that the saved "
                          "progress of another model is never resumed")
-    saved = ChunkProgress(progress_path, _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key),
+    fingerprint = _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key)
+    saved = ChunkProgress(progress_path, fingerprint,
                           {"clean": clean_correct, "seconds": attack_seconds,
                            **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys}})
     predict = jax.jit(lambda inputs: jnp.argmax(logits_fn(inputs), axis=-1))

@@ -1,6 +1,7 @@
 """The command line end to end on synthetic IDX files: train, resume, evaluate, certify, errors."""
 import json
 
+import numpy as np
 import pytest
 
 from andor_jax import cli, config as config_lib
@@ -39,6 +40,12 @@ def test_evaluate_writes_a_report_with_attacks_and_certification(trained_workdir
     markdown = (trained_workdir / "report.md").read_text()
     assert "certified" in markdown.lower() and "pgd" in markdown
     assert (trained_workdir / "robustness.png").stat().st_size > 1000
+    assert not (trained_workdir / "report_progress.npz").exists()
+    with np.load(trained_workdir / "report_outcomes.npz") as outcomes:  # per example, merges to the report
+        assert outcomes["clean"].mean() == pytest.approx(report["clean_accuracy"])
+        for attack in ("fgsm", "pgd"):
+            robust = outcomes["clean"] & outcomes[f"{attack}@0.2"]
+            assert robust.mean() == pytest.approx(report["attacks"][attack]["0.2"])
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys, synthetic_mnist_dir):

@@ -14,6 +14,9 @@ The step size starts at ``eta_0 = 2 eps`` and is halved, per example, at checkpo
   2. the step size was not halved at the last checkpoint and the best loss has not improved since;
 after a halving the iterate restarts from the best point found (here without momentum).  The returned point
 is a misclassified one if any was seen, otherwise the best-loss point.
+
+Every quantity above is per input, so the inputs already broken by some restart leave the batch every
+``compact_every`` iterations (`andor_jax.attacks.compaction`) without changing the others' iterations.
 """
 from __future__ import annotations
 

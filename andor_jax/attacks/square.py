@@ -85,8 +85,8 @@ def _start(oracle: Oracle, x, y, example_keys, key, eps, domain, *, image_shape)
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "n_queries", "image_shape"))
-def _search(oracle: Oracle, x, y, example_keys, state: SearchState, model_key, eps, domain, p_init, first_query, stop_query, *,
-            n_queries, image_shape) -> SearchState:
+def _search(oracle: Oracle, x, y, example_keys, state: SearchState, model_key, eps, domain, p_init, first_query,
+            stop_query, *, n_queries, image_shape) -> SearchState:
     """Queries ``first_query, ..., stop_query - 1`` (fewer once every input is broken)."""
     height, width, channels = image_shape
     rows = jnp.arange(height)[None, :, None, None]

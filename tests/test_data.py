@@ -1,11 +1,11 @@
 """Data loading: IDX parsing and validation, source resolution (directory, cache, loopback download,
 embedded sample), scaling, and the deterministic batch iterator.  Synthetic files and a loopback HTTP server
 only: nothing here needs the network or a shared data folder."""
+import dataclasses
 import functools
 import gzip
 import hashlib
 import http.server
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -330,11 +330,80 @@ def test_unknown_dataset():
         data.load_dataset("cifar10")
 
 
-def test_tfds_source_needs_tensorflow_datasets():
-    if importlib.util.find_spec("tensorflow_datasets") is not None:
-        pytest.skip("tensorflow-datasets is installed: the missing-package error cannot be shown")
-    with pytest.raises(DataError, match="needs tensorflow-datasets"):
+def test_tfds_is_not_a_source():
+    """Dropped: tensorflow-datasets needs TensorFlow to read MNIST, which the IDX reader does natively."""
+    with pytest.raises(ValueError, match="unknown source 'tfds'"):
         data.load_dataset("mnist", source="tfds")
+
+
+# ------------------------------------------------------------------------------------- bad files, provenance
+
+def test_bad_label_names_the_labels_file(tmp_path):
+    files = synthetic_files()
+    labels = data.parse_idx(files["t10k-labels-idx1-ubyte.gz"], "labels").copy()
+    labels[3] = 12
+    files["t10k-labels-idx1-ubyte.gz"] = idx_bytes(labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: label 12 \(example 3\) is outside 0..9"):
+        data.load_dataset(spec_for(files), write_files(tmp_path / "d", files))
+
+
+def test_empty_test_split_is_an_error_naming_the_file(tmp_path):
+    files = synthetic_files()
+    files["t10k-images-idx3-ubyte.gz"] = idx_bytes(np.zeros((0, 28, 28), np.uint8))
+    files["t10k-labels-idx1-ubyte.gz"] = idx_bytes(np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: holds no images"):
+        data.load_dataset(spec_for(files), write_files(tmp_path / "d", files))
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        data.load_dataset("mnist", tmp_path / "f")
+
+
+def test_provenance_digest_follows_content_not_files(tmp_path):
+    files = synthetic_files()
+    spec = spec_for(files)
+    first = data.load_dataset(spec, write_files(tmp_path / "a", files)).provenance
+    copy = data.load_dataset(spec, write_files(tmp_path / "b", files, gz=False)).provenance
+    assert first.source == "dir" and first.directory == str((tmp_path / "a").resolve())
+    assert first.digest == copy.digest and first.directory != copy.directory
+    data.check_same_data(first, copy)  # a copy of the same data is the same data
+    assert data.Provenance.from_dict(first.to_dict()) == first
+    labels = data.parse_idx(files["train-labels-idx1-ubyte.gz"], "labels").copy()
+    labels[0] = (labels[0] + 1) % 10  # one label changed
+    other = data.load_dataset(spec, write_files(tmp_path / "c", {**files, "train-labels-idx1-ubyte.gz":
+                                                                 idx_bytes(labels)})).provenance
+    assert other.digest != first.digest
+    with pytest.raises(data.DataMismatchError, match=f"trained on synthetic from dir .*a .*--data-dir PATH"):
+        data.check_same_data(first, other)
+
+
+def test_recorded_location(tmp_path):
+    recorded = data.Provenance("mnist", "dir", str(tmp_path / "gone"), "0" * 64)
+    with pytest.raises(data.DataMismatchError, match="no longer exists; pass --data-dir PATH"):
+        data.recorded_location(recorded, None)
+    (tmp_path / "gone").mkdir()
+    assert data.recorded_location(recorded, None) == (str(tmp_path / "gone"), "dir")
+    assert data.recorded_location(dataclasses.replace(recorded, source="embedded", directory=None), None) == (
+        None, "embedded")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="is a file"):
+        data.recorded_location(recorded, tmp_path / "file")
+
+
+def test_embedded_notice_says_training_set_and_names_the_flag():
+    with pytest.warns(SampleDataWarning) as caught:
+        ds = data.load_dataset("mnist", source="embedded")
+    assert "come from MNIST's training set" in ds.notice and "--data-dir PATH" in ds.notice
+    assert "data_dir=..." not in ds.notice and len(caught) == 1
+    assert ds.provenance.source == "embedded" and ds.provenance.directory is None
+
+
+def test_blank_dataset_has_shapes_and_no_provenance():
+    ds = data.blank("mnist", domain=(-1, 1), flatten=False)
+    assert ds.x_train.shape == (1, 28, 28, 1) and ds.x_test.shape == (0, 28, 28, 1) and ds.provenance is None
+    assert ds.x_train.min() == -1.0
 
 
 # ------------------------------------------------------------------------------------------ limit, batches

@@ -1,0 +1,87 @@
+"""Training CARSO's purifier, a conditional VAE (``train.objective = "cvae"``; Ballarin 2022, thesis; the
+author's code, ``shared/notes/carso.md``).
+
+For every batch the frozen classifier is attacked (the library's PGD and FGSM, L-inf, as in
+`andor_jax.objectives.adversarial`: ``train.cvae.variants``, by default clean, PGD 0.15 / 0.3 with 40 steps
+of 0.01 and a random start, FGSM 0.15 / 0.3), and the purifier reconstructs the *clean* image from each
+variant ``x_v``, conditioned on the classifier's representation of ``x_v``.  Per example the loss is the
+negative ELBO with weight ``beta`` (``train.cvae.beta``, 1 in the thesis) on the KL term,
+
+    L(x_v, x) = sum_pixels BCE(sigmoid(d(z, c(r(x_v)))), x) + beta KL(N(mu, s^2) || N(0, I)),
+    KL = -1/2 sum_j (1 + log s_j^2 - mu_j^2 - s_j^2),      z = mu + s e,  e ~ N(0, I),
+
+summed over the batch (the code's sum reduction), and the objective is the mean over the variants: the
+author takes one optimiser step per variant, the engine one step per batch (the same difference as in
+`andor_jax.objectives.adversarial`).  The classifier runs in inference mode throughout; it stays frozen
+because the config trains only the purifier (``train.trainable = ["purifier"]``), not because of this
+objective.  Metrics are per example: ``loss``, ``bce``, ``kl`` (the mean over variants) and
+``loss_<variant>``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from andor_jax.objectives import Objective, stateless
+from andor_jax.objectives.adversarial import parse_variants, perturb, variant_name
+
+
+def kl_to_standard_normal(mu: jax.Array, log_variance: jax.Array) -> jax.Array:
+    """``KL(N(mu, diag s^2) || N(0, I))`` per example: ``-1/2 sum_j (1 + log s_j^2 - mu_j^2 - s_j^2)``."""
+    return -0.5 * jnp.sum(1.0 + log_variance - mu ** 2 - jnp.exp(log_variance), axis=-1)
+
+
+def negative_elbo(pixel_logits: jax.Array, target: jax.Array, mu: jax.Array, log_variance: jax.Array,
+                  beta: float) -> tuple[jax.Array, jax.Array]:
+    """Per example ``(summed pixel BCE, KL)`` of a reconstruction; the loss is ``bce + beta kl``."""
+    bce = jnp.sum(optax.sigmoid_binary_cross_entropy(pixel_logits, target.reshape(pixel_logits.shape)), axis=-1)
+    return bce, kl_to_standard_normal(mu, log_variance)
+
+
+def submodel_variables(params, model_state, name: str) -> dict:
+    """The variables of the sub-network ``name`` (its params and each collection's sub-tree)."""
+    return {"params": params[name], **{c: tree[name] for c, tree in model_state.items() if name in tree}}
+
+
+def cvae_objective(model, variants, *, beta: float, domain, pgd_steps: int, pgd_step_size: float) -> Objective:
+    """The objective of the module docstring for a `andor_jax.models.carso.Carso` model."""
+
+    def update(params, model_state, x, y, key, rho, step):
+        classifier_variables = submodel_variables(params, model_state, "classifier")
+
+        def classifier_logits(inputs):
+            return model.classifier.apply(classifier_variables, inputs, train=False)
+
+        keys = jax.random.split(key, 3 * len(variants))
+        inputs = [perturb(classifier_logits, x, y, keys[3 * i], kind, eps, domain=domain, pgd_steps=pgd_steps,
+                          pgd_step_size=pgd_step_size) for i, (kind, eps) in enumerate(variants)]
+
+        def loss_fn(p):
+            state, terms = model_state, []
+            for index, x_variant in enumerate(inputs):
+                (pixel_logits, mu, log_variance), state = model.apply(
+                    {"params": p, **state}, x_variant, train=True, method="reconstruct", mutable=list(state),
+                    rngs={"sample": keys[3 * index + 1], "dropout": keys[3 * index + 2]})
+                terms.append(negative_elbo(pixel_logits, x, mu, log_variance, beta))
+            totals = [jnp.sum(bce + beta * kl) for bce, kl in terms]
+            return jnp.mean(jnp.stack(totals)), (state, terms)
+
+        (_, (new_state, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        bce = jnp.mean(jnp.stack([jnp.mean(b) for b, _ in terms]))
+        kl = jnp.mean(jnp.stack([jnp.mean(k) for _, k in terms]))
+        metrics = {"loss": bce + beta * kl, "bce": bce, "kl": kl, "accuracy": jnp.zeros(())}
+        for (kind, eps), (b, k) in zip(variants, terms):
+            metrics[f"loss_{variant_name(kind, eps)}"] = jnp.mean(b + beta * k)
+        return grads, new_state, metrics
+
+    return stateless(update)
+
+
+def get_objective(model, train_config, steps_per_epoch: int = 1) -> Objective:
+    """The objective of ``train.cvae`` (``variants``, ``beta``, ``pgd_steps``, ``pgd_step_size``,
+    ``domain``)."""
+    settings = train_config.cvae
+    return cvae_objective(model, parse_variants(settings.variants), beta=float(settings.beta),
+                          domain=tuple(settings.domain), pgd_steps=int(settings.pgd_steps),
+                          pgd_step_size=float(settings.pgd_step_size))

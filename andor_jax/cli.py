@@ -4,15 +4,25 @@
     andor-jax evaluate --workdir runs/relu [--attacks fgsm,pgd] [--eps 0.05:0.5:0.05] [--limit N] [--certify]
     andor-jax certify --workdir runs/relu [--eps ...]
     andor-jax run            # the main job: train `quickstart`, evaluate it, write runs/quickstart/report.md
+
+Everything a command is given is checked before any work is done (`andor_jax.validation`): a bad value is
+a one-line error and exit status 2, before data or a model is loaded.  `evaluate` and `certify` read the data
+the work directory was trained on (its ``data.json``) and refuse other data; they take
+``--config.evaluate.KEY=VALUE`` for the keys they have a parameter for, and refuse every other override.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import pathlib
+import signal
 import sys
 
+from andor_jax import __version__, validation
 from andor_jax import config as config_lib
-from andor_jax.config import parse_eps
+
+EXIT_BAD_INPUT = 2
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as a shell reports it
 
 
 def parse_attack_settings(items: list[str]) -> dict[str, dict]:
@@ -29,42 +39,66 @@ def parse_attack_settings(items: list[str]) -> dict[str, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="andor-jax", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"andor-jax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(sub):
-        sub.add_argument("--data-dir", default=None,
-                         help="directory with the IDX files (else $ANDOR_JAX_DATA_DIR, the cache, a download, "
-                              "or the embedded 5,000-image MNIST sample)")
+    def common(sub, trained: bool):
+        where = ("default: the data the work directory was trained on (its data.json); other data is refused"
+                 if trained else "else $ANDOR_JAX_DATA_DIR, the cache, a download, or the embedded 5,000-image "
+                                 "MNIST sample; resuming defaults to the data the run started on")
+        sub.add_argument("--data-dir", default=None, metavar="PATH", help=f"directory with the IDX files ({where})")
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub = commands.add_parser("train", help="train a config in a work directory (resumes if interrupted)")
     sub.add_argument("--config", required=True,
                      help=f"bundled config name ({', '.join(config_lib.bundled_configs())}) or a .py file; "
                           "override fields with --config.train.epochs=3")
-    sub.add_argument("--workdir", required=True)
-    common(sub)
+    sub.add_argument("--workdir", required=True, metavar="DIR",
+                     help="work directory (created if missing): config.json, data.json (the data trained on), "
+                          "checkpoints/, metrics.jsonl; run the same command again to resume")
+    common(sub, trained=False)
 
     for name, text in (("evaluate", "clean accuracy and the attack suite; writes report.json/.md/.png"),
                        ("certify", "certified accuracy by interval bound propagation")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--workdir", required=True)
-        sub.add_argument("--eps", default=None, help="eps grid, start:stop:step or a,b,c (L-inf)")
-        sub.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples (0: all)")
-        sub.add_argument("--output", default=None, help="write the report here instead of the work directory")
-        common(sub)
+        sub.add_argument("--workdir", required=True, metavar="DIR",
+                         help="a trained work directory (andor-jax train); the report is written there unless "
+                              "--output is given")
+        sub.add_argument("--eps", default=None,
+                         help="eps grid, start:stop:step or a,b,c (L-inf); default: evaluate.eps of the work "
+                              "directory's config")
+        sub.add_argument("--limit", type=int, default=None,
+                         help="evaluate the first N test examples (0: all); default: evaluate.limit of the work "
+                              "directory's config" + (" (all for certify)" if name == "certify" else ""))
+        sub.add_argument("--output", default=None, metavar="DIR",
+                         help="write the report here instead of the work directory")
+        common(sub, trained=True)
         if name == "evaluate":
             sub.add_argument("--attacks", default=None,
-                             help="comma-separated attack names; NAME[psd] runs one on pseudo-gradients only")
+                             help="comma-separated attack names; NAME[psd] runs one on pseudo-gradients only; "
+                                  "default: evaluate.attacks of the work directory's config")
             sub.add_argument("--set", action="append", default=[], metavar="ATTACK.SETTING=VALUE",
                              help="change an attack's setting, e.g. --set pgd.restarts=1 (repeatable)")
             sub.add_argument("--certify", action="store_true", help="also compute certified accuracy")
             sub.add_argument("--psd", action="store_true",
                              help="also run every attack with pseudo-gradients (models that have them)")
+            sub.add_argument("--eot", type=int, default=None, metavar="N", dest="eot_draws",
+                             help="randomised models: draws averaged per attack query (EOT); default: "
+                                  "evaluate.eot_draws of the work directory's config (0: 20)")
+            sub.add_argument("--verdict-draws", type=int, default=None, metavar="N",
+                             help="randomised models: forward passes judging each point, the worst case counts; "
+                                  "default: evaluate.verdict_draws of the work directory's config")
 
     sub = commands.add_parser("run", help="the main job: train quickstart, evaluate, write runs/quickstart/")
-    sub.add_argument("--workdir", default="runs/quickstart")
-    common(sub)
+    sub.add_argument("--workdir", default="runs/quickstart", metavar="DIR",
+                     help="work directory (default runs/quickstart)")
+    common(sub, trained=False)
     return parser
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (a path or a nested message may hold newlines)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,45 +106,190 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
     try:
-        return run_command(args, overrides)
-    except KeyboardInterrupt:
-        if args.command == "evaluate":
-            print("\nevaluate interrupted: the chunks attacked so far are saved; run the same command again to "
-                  "resume", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError) as err:
-        print(f"andor-jax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with SignalsInterrupt():
+            return run_command(args, overrides)
+    except Interrupted as stop:
+        saved = " the chunks attacked so far are saved;" if args.command in ("evaluate", "run") else ""
+        print(f"\n{args.command} stopped by {stop.signal_name}:{saved} run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_SIGNAL[stop.signum]
+    except KeyboardInterrupt:  # training stopped by a signal (it has said so and saved a checkpoint)
+        return EXIT_SIGNAL[signal.SIGINT]
+    except (ValueError, OSError) as err:
+        print(f"andor-jax {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
-def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
-    from andor_jax import experiment  # imported here so that `--help` stays fast
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside training (which stops between two steps by itself)."""
 
-    if args.command == "train":
-        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
-        experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
-        print(f"trained; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
-        return 0
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+class SignalsInterrupt:
+    """Within it, SIGTERM (a job scheduler, `kill`) interrupts as Ctrl-C does, so that both end an
+    evaluation with the same message; training installs its own handlers on top (`experiment.StopRequest`).
+    Off the main thread nothing is installed."""
+
+    def _handle(self, signum, frame):
+        raise Interrupted(signum)
+
+    def __enter__(self):
+        self._previous = {}
+        for signum in EXIT_SIGNAL:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+def _trained_data_dir(workdir: pathlib.Path, data_dir: str | None) -> str | None:
+    """The ``--data-dir`` a training in ``workdir`` runs on: the one given, else, when it resumes (a
+    checkpoint exists), the directory its data was recorded in (an error if that is gone)."""
+    from andor_jax import data, experiment
+
+    recorded = experiment.recorded_data(workdir) if workdir.is_dir() else None
+    checkpoints = workdir / "checkpoints"
+    if data_dir is not None or recorded is None or not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return data_dir
+    return data.recorded_location(recorded, None)[0]
+
+
+def prepare_training(args: argparse.Namespace, overrides: list[str], config_name: str):
+    """The config of a training, and the data directory it runs on, after every check of them."""
+    workdir = validation.check_writable_dir(args.workdir)
+    if args.data_dir is not None:
+        validation.check_data_dir(args.data_dir)
+    config = config_lib.apply_overrides(config_lib.load_config(config_name), overrides)
+    validation.check_config(config)
+    return config, _trained_data_dir(workdir, args.data_dir)
+
+
+FLAGS = {"attacks": "--attacks", "eps": "--eps", "limit": "--limit"}
+
+
+def evaluation_arguments(args: argparse.Namespace, overrides: list[str], function) -> dict:
+    """The keyword arguments of ``function`` (`evaluation.evaluate` or `evaluation.certify`) for this
+    command, after every check that needs no data and no model.
+
+    ``--config.evaluate.KEY=VALUE`` overrides become the argument ``KEY`` of ``function``; an override of any
+    other key (training is over) or of a key ``function`` takes no argument for is refused, as is giving a
+    flag and its override both.  Values left unset come from the work directory's config, and are checked
+    too: the eps grid against the input domain and the attacks' norms, attack names, settings, limits.
+    """
+    from andor_jax import data, experiment
+
+    workdir = validation.check_trained_dir(args.workdir)
+    output = validation.check_writable_dir(args.output or workdir, "--output" if args.output else "work directory")
+    if args.data_dir is not None:
+        validation.check_data_dir(args.data_dir)
+    config = experiment.read_config(workdir)
+    parameters = inspect.signature(function).parameters
+    given: dict = {}
+    for item in overrides:
+        key = item.partition("=")[0]
+        if not key.startswith("evaluate.") or key.count(".") != 1:
+            raise validation.InvalidInput(
+                f"{args.command} takes --config.evaluate.KEY=VALUE overrides only (the rest of the config is fixed "
+                f"by training), got --config.{item}")
+        name = key.removeprefix("evaluate.")
+        if name not in parameters or name in ("workdir", "data_dir", "output_dir", "progress"):
+            accepted = [p for p in parameters if p in config.evaluate]
+            raise validation.InvalidInput(f"--config.{key} cannot be applied to {args.command}: it takes "
+                                          f"--config.evaluate.KEY for {', '.join(accepted)}")
+        if name in FLAGS and getattr(args, name, None) is not None:
+            raise validation.InvalidInput(f"give {FLAGS[name]} or --config.{key}, not both")
+        given[name] = None
+    block = config_lib.apply_overrides(config, overrides).evaluate
+    for name in given:
+        given[name] = block[name].to_dict() if hasattr(block[name], "to_dict") else block[name]
+
+    domain = data.check_domain(config.data.domain)
+    labels, _ = validation.check_evaluate_block(block, domain, validation.input_size(config))
+    if getattr(args, "attacks", None) is not None:
+        labels = validation.attack_names(args.attacks)
+        given["attacks"] = ",".join(labels)
+    norms = validation.check_attacks(labels) if function.__name__ == "evaluate" else ["linf"]  # IBP: L-inf
+    if args.eps is not None:
+        given["eps"] = validation.parse_eps_grid(args.eps)
+    if "eps" in given:
+        given["eps"] = validation.check_eps_grid(validation.eps_values(given["eps"], "--eps"), domain, norms,
+                                                 validation.input_size(config), name="--eps")
+    if args.limit is not None:
+        given["limit"] = validation.check_int("--limit", args.limit, 0)
+    if isinstance(given.get("attacks"), list):
+        given["attacks"] = ",".join(validation.attack_names(given["attacks"]))
+    if getattr(args, "set", None):
+        given["attack_settings"] = parse_attack_settings(args.set)
+        validation.check_attack_settings(given["attack_settings"])
+    recorded = experiment.recorded_data(workdir)
+    if recorded is not None:
+        data.recorded_location(recorded, args.data_dir)  # a vanished data directory fails here, before loading
+    return {"data_dir": args.data_dir, "output_dir": args.output, **given, "_output": output}
+
+
+def announce_resume(output_dir: pathlib.Path) -> None:
+    """Says which chunk an interrupted evaluation in ``output_dir`` resumes from (`evaluation.PROGRESS_FILE`)."""
+    import numpy as np
+
     from andor_jax import evaluation
 
-    if args.command == "evaluate":
-        paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, attacks=args.attacks,
-                                    eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
-                                    certify=args.certify, pseudo_gradient_attacks=args.psd,
-                                    attack_settings=parse_attack_settings(args.set),
-                                    progress=not args.no_progress, output_dir=args.output)
-        print(f"report: {paths['md']}")
-    elif args.command == "certify":
-        paths = evaluation.certify(args.workdir, data_dir=args.data_dir,
-                                   eps=parse_eps(args.eps) if args.eps else None, limit=args.limit,
-                                   output_dir=args.output)
-        print(f"report: {paths['md']}")
-    elif args.command == "run":
-        config = config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)
-        experiment.fit(config, args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
-        paths = evaluation.evaluate(args.workdir, data_dir=args.data_dir, progress=not args.no_progress)
+    path = output_dir / evaluation.PROGRESS_FILE
+    if not path.is_file():
+        return
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            done = int(saved["chunks_done"])
+    except (OSError, KeyError, ValueError) as err:
+        raise validation.InvalidInput(f"{path}: cannot read the saved progress ({one_line(err)}); delete it to "
+                                      "start afresh") from None
+    print(f"resuming the evaluation saved in {path}: {done} chunk(s) done, continuing with chunk {done + 1} "
+          "(if the command's settings are unchanged); the per-attack times in the report add up both runs",
+          file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.command in ("train", "run"):
+        config, data_dir = prepare_training(args, overrides, args.config if args.command == "train" else "quickstart")
+        from andor_jax import experiment  # imported here so that `--help` stays fast
+
+        experiment.fit(config, args.workdir, data_dir=data_dir, progress=not args.no_progress)
+        if args.command == "train":
+            print(f"trained; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
+            return 0
+        from andor_jax import evaluation
+
+        paths = evaluation.evaluate(args.workdir, data_dir=data_dir, progress=not args.no_progress)
         print(f"\nDone. Report: {paths['md']}\n")
         print(pathlib.Path(paths["md"]).read_text())
+        return 0
+
+    from andor_jax import evaluation
+
+    function = evaluation.evaluate if args.command == "evaluate" else evaluation.certify
+    kwargs = evaluation_arguments(args, overrides, function)
+    output = kwargs.pop("_output")
+    if args.command == "evaluate":
+        announce_resume(output)
+        kwargs.update(certify=args.certify or kwargs.get("certify", False),
+                      pseudo_gradient_attacks=args.psd or kwargs.get("pseudo_gradient_attacks", False),
+                      progress=not args.no_progress)
+        kwargs.update({name: getattr(args, name) for name in ("eot_draws", "verdict_draws")
+                       if getattr(args, name) is not None})
+    paths = function(args.workdir, **kwargs)
+    print(f"report: {paths['md']}")
     return 0
 
 

@@ -669,11 +669,12 @@ def check_same_data(recorded: Provenance, found: Provenance) -> None:
                                 f"evaluating it on other data would measure something else; {hint}")
 
 
-def blank(name: str | DatasetSpec, *, domain: Sequence[float] = (0.0, 1.0), flatten: bool = True) -> Dataset:
-    """A stand-in with one blank training image and no test images: what building and restoring a model
-    needs (input shapes), when the caller brings its own inputs.  It has no provenance."""
+def blank(name: str | DatasetSpec, *, domain: Sequence[float] = (0.0, 1.0), flatten: bool = True,
+          count: int = 1) -> Dataset:
+    """A stand-in with ``count`` blank training images and no test images: what building and restoring a
+    model needs (input shapes), when the caller brings its own inputs.  It has no provenance."""
     spec = _resolve_spec(name)
-    raw = _RawSplits((np.zeros((1, *spec.image_shape), np.uint8), np.zeros(1, np.uint8)),
+    raw = _RawSplits((np.zeros((count, *spec.image_shape), np.uint8), np.zeros(count, np.uint8)),
                      (np.zeros((0, *spec.image_shape), np.uint8), np.zeros(0, np.uint8)),
                      "no data (a blank image for shapes only)", "none", None)
     return dataclasses.replace(_to_dataset(spec, raw, check_domain(domain), flatten), provenance=None)

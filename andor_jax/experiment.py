@@ -4,6 +4,7 @@
 side effects (files in the work directory, progress bars).  A work directory holds::
 
     config.json        the resolved config of the run
+    data.json          the data it was trained on (`data.Provenance`: evaluate and certify use the same)
     checkpoints/       orbax checkpoints (every N steps and every epoch, the last K kept)
     metrics.jsonl      one line per epoch: train loss/accuracy, test accuracy, wall time
     report.json/.md    written by `andor-jax evaluate` / `certify`
@@ -56,16 +57,60 @@ class Experiment:
         return lambda x: self.model.apply(variables, x, rho=rho)
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None) -> data.Dataset:
+DATA_RECORD = "data.json"  # the data a work directory was trained on: a `data.Provenance`
+_NOTICES_SHOWN: set[str] = set()  # sources whose notice this process has printed
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None, *,
+              recorded: data.Provenance | None = None) -> data.Dataset:
+    """The data set of a config's ``data`` block, cut to its ``limit_train`` / ``limit_test``.
+
+    With ``recorded`` (the data a work directory was trained on, `recorded_data`), that same data is read
+    again, from ``data_dir`` if given, else from where it was recorded, and anything else is refused
+    (`data.check_same_data`): a model evaluated on other data than it was trained on measures something
+    else.  The embedded sample's notice is printed once per process, however often it is loaded.
+    """
+    source = config.source
+    if recorded is not None:
+        data_dir, source = data.recorded_location(recorded, data_dir)
     with warnings.catch_warnings():  # the notice is printed once below instead
         warnings.simplefilter("ignore", data.SampleDataWarning)
         dataset = data.load_dataset(config.dataset, data_dir, domain=tuple(config.domain),
-                                    flatten=config.flatten, source=config.source)
-    if dataset.notice:
+                                    flatten=config.flatten, source=source)
+    if recorded is not None:
+        data.check_same_data(recorded, dataset.provenance)
+    if dataset.notice and dataset.source not in _NOTICES_SHOWN:
+        _NOTICES_SHOWN.add(dataset.source)
         print(dataset.notice, file=sys.stderr)
     if config.limit_train or config.limit_test:
         dataset = data.limit(dataset, n_train=config.limit_train or None, n_test=config.limit_test or None)
     return dataset
+
+
+def recorded_data(workdir: str | pathlib.Path) -> data.Provenance | None:
+    """The data ``workdir`` was trained on (its `DATA_RECORD`), or None if it records none."""
+    path = pathlib.Path(workdir) / DATA_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return data.Provenance.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise data.DataError(f"{path}: not valid JSON ({err})") from None
+
+
+def record_data(workdir: pathlib.Path, dataset: data.Dataset, *, resuming: bool) -> None:
+    """Records in ``workdir`` the data a training starts on; a resumed training must use the same data.
+
+    Data given in memory (no ``provenance``) is not recorded.  A run that starts afresh (no checkpoint yet)
+    replaces the record of an earlier start that saved nothing.
+    """
+    if dataset.provenance is None:
+        return
+    path = workdir / DATA_RECORD
+    if resuming and path.is_file():
+        data.check_same_data(recorded_data(workdir), dataset.provenance)
+    elif not resuming:
+        path.write_text(json.dumps(dataset.provenance.to_dict(), indent=2) + "\n")
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
@@ -86,6 +131,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every_steps=tc.checkpoint_every_steps,
                                    keep=tc.keep_checkpoints)
     state = ckpt.restore_latest(state, fingerprint)
+    record_data(workdir, experiment.dataset, resuming=int(state.step) > 0)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     steps_per_epoch = experiment.steps_per_epoch
@@ -204,15 +250,37 @@ def accuracy(apply_fn, variables: PyTree, x: np.ndarray, y: np.ndarray, batch_si
     return correct / len(x)
 
 
-def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
-                 dataset: data.Dataset | None = None) -> tuple[Experiment, dict]:
-    """The experiment of ``workdir`` (from its ``config.json``) and the variables of its latest checkpoint."""
-    workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
+def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config a work directory was trained with (its ``config.json``)."""
+    config_path = pathlib.Path(workdir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: train first with `andor-jax train --workdir {workdir}`")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
+    try:
+        return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+
+
+def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
+                 dataset: data.Dataset | None = None, with_data: bool = True) -> tuple[Experiment, dict]:
+    """The experiment of ``workdir`` (from its ``config.json``) and the variables of its latest checkpoint.
+
+    Its data set is ``dataset`` if given; else, with ``with_data``, the data the work directory was trained
+    on (`load_data` with its record: other data is refused); else a blank stand-in (`data.blank`), for a
+    caller that brings its own inputs: restoring a checkpoint needs no data set.
+    """
+    workdir = pathlib.Path(workdir)
+    config = read_config(workdir)
+    if dataset is None and with_data:
+        recorded = recorded_data(workdir)
+        dataset = load_data(config.data, data_dir, recorded=recorded)
+        if recorded is None:
+            print(f"note: {workdir} does not record the data it was trained on; using {dataset.source}, "
+                  f"which cannot be checked to be that data", file=sys.stderr)
+    elif dataset is None:
+        dataset = data.blank(config.data.dataset, domain=tuple(config.data.domain), flatten=config.data.flatten,
+                             count=config.train.batch_size)
+    experiment = Experiment(config, dataset=dataset)
     state = experiment.init_state()
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     try:

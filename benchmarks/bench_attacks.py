@@ -53,7 +53,7 @@ def trained_weights(workdir: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """The dense layers of a trained ReLU `mlp` work directory, in order."""
     from andor_jax import experiment as experiment_lib
 
-    experiment, variables = experiment_lib.load_trained(workdir)
+    experiment, variables = experiment_lib.load_trained(workdir, with_data=False)  # the inputs come from --data-dir
     model = experiment.config.model
     if model.name != "mlp" or model.get("activation", "relu") != "relu":
         raise ValueError(f"{workdir} holds a {model.name!r} network with {model.get('activation')!r} units; "

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from andor_jax import cli, config as config_lib
+from andor_jax import cli, config as config_lib, validation
 
 SMALL = ["--config.model.hidden=(32,)", "--config.train.epochs=1", "--config.train.batch_size=40",
          "--config.evaluate.limit=60", "--config.evaluate.batch_size=60"]
@@ -68,13 +68,13 @@ def test_evaluate_without_training_says_so(tmp_path, capsys):
 @pytest.mark.parametrize("text, expected", [("0.1:0.3:0.1", [0.1, 0.2, 0.3]), ("0.3", [0.3]),
                                             ("0,0.05", [0.0, 0.05])])
 def test_eps_grid_parsing(text, expected):
-    assert cli.parse_eps(text) == pytest.approx(expected)
+    assert validation.parse_eps_grid(text) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("text", ["-0.1", "a:b:c", "0.1:0.3:0", ""])
 def test_bad_eps_grid_is_a_clear_error(text):
     with pytest.raises(ValueError, match="eps grid"):
-        cli.parse_eps(text)
+        validation.parse_eps_grid(text)
 
 
 def test_every_bundled_config_loads_and_builds_its_model():

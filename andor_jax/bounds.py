@@ -28,43 +28,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from andor_jax.interval import Interval
-from andor_jax.models import Sequential
+from andor_jax.layers.base import MissingIntervalRuleError, Path, chain_interval, chains, layer_interval, trace
+
+__all__ = ["MissingIntervalRuleError", "certified", "certified_accuracy", "input_box", "last_affine_layer",
+           "layer_intervals", "margin_lower_bounds", "propagate"]
 
 
-class MissingIntervalRuleError(TypeError):
-    """A layer of the network has no interval rule, so no sound bound can be computed through it."""
+def propagate(model: nn.Module, variables, bounds: Interval) -> Interval:
+    """The output box of the whole network for the input box ``bounds`` (the model's own interval rule:
+    for a `Sequential`, every layer's rule in turn, into composites)."""
+    return model.apply(variables, bounds, method=layer_interval)
 
 
-def propagate_layers(layers: Sequence[nn.Module], bounds: Interval) -> Interval:
-    """Pushes ``bounds`` through bound ``layers`` in turn.  Must run inside ``model.apply``."""
-    for layer in layers:
-        bounds = layer_interval(layer, bounds)
-    return bounds
-
-
-def layer_interval(layer: nn.Module, bounds: Interval) -> Interval:
-    if not hasattr(layer, "interval"):
-        raise MissingIntervalRuleError(
-            f"layer {type(layer).__name__} ({layer.name}) has no interval rule: interval bound propagation "
-            f"cannot bound its output, so nothing about this network can be certified")
-    return layer.interval(bounds)
-
-
-def propagate(model: Sequential, variables, bounds: Interval) -> Interval:
-    """The output box of the whole network for the input box ``bounds``."""
-    return model.apply(variables, bounds, method=lambda module, b: propagate_layers(module.layers, b))
-
-
-def layer_intervals(model: Sequential, variables, bounds: Interval) -> list[Interval]:
-    """Every layer's output box (input first), aligned with `Sequential.outputs`; for soundness checks."""
-
-    def walk(module, b):
-        boxes = [b]
-        for layer in module.layers:
-            boxes.append(layer_interval(layer, boxes[-1]))
-        return boxes
-
-    return model.apply(variables, bounds, method=walk)
+def layer_intervals(model: nn.Module, variables, bounds: Interval) -> dict[Path, Interval]:
+    """Every layer's output box keyed by path (``()``: the network's), nested layers included; aligned
+    with the ``outputs`` of `andor_jax.models.Sequential.outputs`, for soundness checks."""
+    return model.apply(variables, bounds, method=lambda module, b: trace(module, "interval", b).outputs)
 
 
 def input_box(x: jax.Array, eps, domain: tuple[float, float]) -> Interval:
@@ -72,26 +51,28 @@ def input_box(x: jax.Array, eps, domain: tuple[float, float]) -> Interval:
     return Interval.around(x, eps, *domain)
 
 
-def margin_lower_bounds(model: Sequential, variables, x: jax.Array, y: jax.Array, eps,
+def margin_lower_bounds(model: nn.Module, variables, x: jax.Array, y: jax.Array, eps,
                         domain: tuple[float, float], margin: str = "affine") -> jax.Array:
     """Lower bounds of ``z_y - z_k`` for every class ``k`` over the input box, shape (batch, classes);
     the entry ``k = y`` is ``+inf`` so that ``all(bounds > 0)`` means certified."""
     box = input_box(x, eps, domain)
     affine_index = last_affine_layer(model)
     if margin == "affine" and affine_index is None:
+        last = top_chain(model)[-1][1] if top_chain(model) else model
         raise ValueError(f"margin='affine' needs an affine last layer (optionally followed by strictly "
-                         f"increasing activations), but the last layer is {type(model.layers[-1]).__name__}; "
+                         f"increasing activations), but the last layer is {type(last).__name__}; "
                          f"use margin='plain'")
     if margin not in ("affine", "plain"):
         raise ValueError(f"margin must be 'affine' or 'plain', not {margin!r}")
 
     def bound(module, box):
         if margin == "plain":
-            out = propagate_layers(module.layers, box)
+            out = layer_interval(module, box)
             true_lower = jnp.take_along_axis(out.lower, y[:, None], axis=1)
             return true_lower - out.upper
-        hidden = propagate_layers(module.layers[:affine_index], box)
-        kernel, bias = module.layers[affine_index].affine()
+        chain = top_chain(module)
+        hidden = chain_interval(chain[:affine_index], box)
+        kernel, bias = chain[affine_index][1].affine()
         difference = kernel[:, y].T[:, :, None] - kernel[None]          # (batch, in, classes): w_y - w_k
         centre = jnp.einsum("bi,bik->bk", hidden.centre, difference)
         radius = jnp.einsum("bi,bik->bk", hidden.radius, jnp.abs(difference))
@@ -102,20 +83,28 @@ def margin_lower_bounds(model: Sequential, variables, x: jax.Array, y: jax.Array
     return jnp.where(jax.nn.one_hot(y, lower.shape[-1], dtype=bool), jnp.inf, lower)
 
 
-def last_affine_layer(model: Sequential) -> int | None:
-    """Index of the last affine layer if only order-preserving activations follow it, else None."""
-    index = len(model.layers) - 1
-    while index >= 0 and getattr(model.layers[index], "preserves_order", False):
+def top_chain(model: nn.Module) -> tuple:
+    """The model's layers as one chain ``((name, layer), ...)``, or ``()`` when it is not a single chain."""
+    model_chains = chains(model)
+    return model_chains[0] if len(model_chains) == 1 else ()
+
+
+def last_affine_layer(model: nn.Module) -> int | None:
+    """Position in the model's chain of its last affine layer (`Layer.affine`) if only order-preserving
+    layers follow it, else None."""
+    chain = top_chain(model)
+    index = len(chain) - 1
+    while index >= 0 and getattr(chain[index][1], "preserves_order", False):
         index -= 1
-    return index if index >= 0 and hasattr(model.layers[index], "affine") else None
+    return index if index >= 0 and getattr(chain[index][1], "affine", None) is not None else None
 
 
-def certified(model: Sequential, variables, x, y, eps, domain, margin: str = "affine") -> jax.Array:
+def certified(model: nn.Module, variables, x, y, eps, domain, margin: str = "affine") -> jax.Array:
     """Per example: is every input within ``eps`` (L-inf, inside the domain) classified as ``y``?"""
     return jnp.all(margin_lower_bounds(model, variables, x, y, eps, domain, margin) > 0, axis=-1)
 
 
-def certified_accuracy(model: Sequential, variables, x: np.ndarray, y: np.ndarray, eps_grid: Sequence[float], *,
+def certified_accuracy(model: nn.Module, variables, x: np.ndarray, y: np.ndarray, eps_grid: Sequence[float], *,
                        domain: tuple[float, float], margin: str | None = None,
                        batch_size: int = 1000) -> dict[float, float]:
     """Fraction of ``(x, y)`` certified at each ``eps``; batched and jit-compiled once for all eps.

@@ -1,22 +1,26 @@
 """Extended and scrambled datasets, hyper-saturation, participation factor and loss2: Fontana, "AND/OR
 trade-off in artificial neurons: impact on adversarial robustness" (arXiv 2102.07389, sec. 3-5).
 
-Every function here walks the layers of any `andor_jax.models.Sequential` (AND/OR, MWD, the baselines).
+Every function here walks the tree of layers of any model (`andor_jax.layers.base.walk`: AND/OR, MWD, the
+baselines, layers nested in a `Concat`), and names layers by their paths.
 
-* **EDS** (extended dataset): every layer's real outputs for a batch, input first (`extended_dataset`).
+* **EDS** (extended dataset): every layer's real inputs and outputs for a batch, keyed by path, ``()`` the
+  whole network (`extended_dataset`, a `andor_jax.layers.base.Trace`).
 * **SDS** (scrambled dataset) of a layer's values ``v`` (batch, *neurons): each neuron's value is drawn
   from an independent uniformly random example of the batch (`scramble`), so every neuron keeps its
   marginal distribution and the correlations between neurons are broken.  *Type A* scrambles the input
   only and propagates it through the network (`sds_type_a`); *type B*, at every layer, scrambles the real
-  inputs of that layer (the previous layer's EDS) and passes them through this layer only (`sds_type_b`).
+  inputs of that layer (its EDS inputs) and passes them through this layer only (`sds_type_b`).
   Several independent scrambles are drawn at once (vmapped over keys): a leading scramble axis.
-* A **neuron layer** is a layer with connection weights (`CONNECTION_AXES`); its outputs are its neurons'
-  nics (AND/OR layers), pre-activations (`Dense`, `Conv`) or unit values (MWD).  A neuron of a
-  convolution is an output channel, and its statistics pool the batch and the spatial positions.
+* A **neuron layer** is a layer with connection weights (`Layer.connection_axes`); its outputs are its
+  neurons' nics (AND/OR layers), pre-activations (`Dense`, `Conv`) or unit values (MWD).  A neuron of a
+  convolution is an output channel, and its statistics pool the batch and the spatial positions.  Its
+  *consumers* are the neuron layers its outputs reach through parameter-free layers and composites
+  (`connections`): with a skip connection, several.
 * **hypersat** (eq. 5): ``hypersat_i = E[K(nics_i) | EDS] - E[K(nics_i) | SDS]`` with
   ``K(x) = |tanh(4 (x - 0.5))|`` (`saturation`): large when the neuron's inputs co-occur more than by chance.
 * **participation factor**: with ``L = mean |f(x)|`` over the batch and the network's outputs, the sum of
-  ``|dL / dw|`` over the neuron's outgoing connections ``w`` (`participation`).
+  ``|dL / dw|`` over the neuron's outgoing connections ``w``, into every consumer (`participation`).
 * **loss2** (eq. 6): ``1 - sum_i hypersat_i partf_i / N`` over the ``N`` neurons that have outgoing
   connections (`loss2`); the participation factors are weights, not differentiated.
 
@@ -26,33 +30,32 @@ function of that layer's parameters only: the local training signal of the paper
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from andor_jax.models import Sequential, call_layer
+from andor_jax.layers.base import Path, Trace, chains, format_path, get_path, layer_at, trace, walk
 
 PyTree = dict
 SCRAMBLE_KINDS = ("A", "B")
 SCRAMBLE_UNITS = ("element", "location", "channel")
-# Connection weights by parameter name, and the axis of each that runs over the layer's inputs:
-# Dense (in, out) and Conv (kh, kw, in, out) kernels (AND/OR layers too); MWD's centres and scales (out, in).
-CONNECTION_AXES = {"kernel": -2, "u": -1, "w": -1}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # EDS and SDS
 
 
-def extended_dataset(model: Sequential, variables: PyTree, x: jax.Array, *, rho=None) -> list[jax.Array]:
-    """EDS: every layer's outputs for the batch ``x``, input first (`Sequential.outputs`)."""
-    return model.apply(variables, x, rho=rho, method="outputs")
+def extended_dataset(model: nn.Module, variables: PyTree, x: jax.Array, *, rho=None) -> Trace:
+    """EDS: every layer's inputs and outputs for the batch ``x``, keyed by path (``()``: the network)."""
+    return model.apply(variables, x, method=lambda module, x: trace(module, "__call__", x, rho=rho))
 
 
-def apply_layer(model: Sequential, variables: PyTree, index: int, x: jax.Array, *, rho=None) -> jax.Array:
-    """Layer ``index`` of ``model`` alone applied to ``x`` (as `Sequential` calls it)."""
-    return model.apply(variables, x, method=lambda module, x: call_layer(module.layers[index], x, rho=rho))
+def apply_layer(model: nn.Module, variables: PyTree, path: Path, x: jax.Array, *, rho=None) -> jax.Array:
+    """The layer at ``path`` of ``model`` alone applied to ``x`` (as its composite calls it)."""
+    return model.apply(variables, x, method=lambda module, x: layer_at(module, path)(x, rho=rho))
 
 
 def bit_generator_key(key: jax.Array) -> jax.Array:
@@ -112,83 +115,142 @@ def scramble_many(keys: jax.Array, values: jax.Array, *, size: int | None = None
     return jax.vmap(lambda key: scramble(key, values, size=size, unit=unit))(keys)
 
 
-def sds_type_a(model: Sequential, variables: PyTree, x: jax.Array, keys: jax.Array, *, size: int | None = None,
-               unit: str = "element", rho=None) -> list[jax.Array]:
-    """Type A SDS: the input scrambled (once per key) and propagated through the whole network.  Aligned
-    with `extended_dataset`, each entry with a leading scramble axis: (len(keys), size, ...)."""
+def sds_type_a(model: nn.Module, variables: PyTree, x: jax.Array, keys: jax.Array, *, size: int | None = None,
+               unit: str = "element", rho=None) -> Trace:
+    """Type A SDS: the input scrambled (once per key) and propagated through the whole network.  Keyed
+    like `extended_dataset`, each entry with a leading scramble axis: (len(keys), size, ...)."""
     return jax.vmap(lambda key: extended_dataset(
         model, variables, scramble(key, x, size=size, unit=unit), rho=rho))(keys)
 
 
-def sds_layer(model: Sequential, variables: PyTree, index: int, inputs: jax.Array, keys: jax.Array, *,
+def sds_layer(model: nn.Module, variables: PyTree, path: Path, inputs: jax.Array, keys: jax.Array, *,
               size: int | None = None, unit: str = "element", rho=None) -> jax.Array:
-    """Type B SDS of layer ``index``: the layer applied to scrambles of its real ``inputs`` (EDS entry
-    ``index``), one per key: (len(keys), size, ...)."""
+    """Type B SDS of the layer at ``path``: the layer applied to scrambles of its real ``inputs`` (its EDS
+    inputs), one per key: (len(keys), size, ...)."""
     scrambled = scramble_many(keys, inputs, size=size, unit=unit)
-    outputs = apply_layer(model, variables, index, scrambled.reshape(-1, *scrambled.shape[2:]), rho=rho)
+    outputs = apply_layer(model, variables, path, scrambled.reshape(-1, *scrambled.shape[2:]), rho=rho)
     return outputs.reshape(*scrambled.shape[:2], *outputs.shape[1:])
 
 
-def sds_type_b(model: Sequential, variables: PyTree, eds: Sequence[jax.Array], keys: jax.Array, *,
-               size: int | None = None, unit: str = "element", rho=None) -> list[jax.Array]:
-    """Type B SDS of every layer, aligned with ``eds``: entry 0 is the scrambled input, entry ``i + 1``
-    layer ``i`` applied to the scrambled EDS entry ``i``; each (len(keys), size, ...)."""
+def sds_type_b(model: nn.Module, variables: PyTree, eds: Trace, keys: jax.Array, *,
+               size: int | None = None, unit: str = "element", rho=None) -> dict[Path, jax.Array]:
+    """Type B SDS of every leaf layer (not composites), keyed by path, and ``()``: the scrambled input;
+    each (len(keys), size, ...)."""
     options = {"size": size, "unit": unit}
-    return [scramble_many(keys, eds[0], **options),
-            *(sds_layer(model, variables, index, eds[index], keys, rho=rho, **options)
-              for index in range(len(model.layers)))]
+    sds = {(): scramble_many(keys, eds.inputs[()], **options)}
+    for path, layer, _ in walk(model):
+        if not chains(layer):
+            sds[path] = sds_layer(model, variables, path, eds.inputs[path], keys, rho=rho, **options)
+    return sds
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Neuron layers and their nics under EDS and SDS
+# Neuron layers, the layers they feed, and their nics under EDS and SDS
+
+# The last axis of a layer's input, as blocks side by side; a block is ``repeat`` copies of its segments
+# ``(producer, channels)`` side by side: input feature k of a block comes from channel
+# ``k mod sum(channels)`` of its segments (a flatten of NHWC maps puts the channel fastest).  The producer
+# is the path of the neuron layer whose outputs these are, or None (the network input, other layers).
+Segment = tuple[Path | None, int]
+Layout = tuple[tuple[int, tuple[Segment, ...]], ...]
 
 
-def connection_params(layer_params: PyTree) -> dict[str, jax.Array]:
-    """The connection weights among a layer's parameters (`CONNECTION_AXES`)."""
-    return {name: value for name, value in layer_params.items() if name in CONNECTION_AXES}
+class Connections(NamedTuple):
+    """How the neuron layers of a network connect (`connections`).
 
-
-def neuron_layers(model: Sequential, params: PyTree) -> dict[int, int | None]:
-    """Every neuron layer (one with connection weights) mapped to the layer its outputs connect to: the
-    next layer with parameters, or None for the last neuron layer (whose outputs are the network's).
-
-    Raises ValueError when that next layer has parameters but no connection weights (e.g. `BatchNorm`
-    or a `Concat` of nested layers): outgoing connections, and so participation factors, are undefined.
+    Attributes:
+      channels: neurons of every neuron layer, by path.
+      consumers: every neuron layer -> the neuron layers its outputs feed (empty: the network's outputs).
+      layouts: every neuron layer -> the `Layout` of its input axis (which producer feeds which input).
     """
-    with_params = [i for i in range(len(model.layers)) if params.get(f"layers_{i}")]
-    result = {}
-    for position, index in enumerate(with_params):
-        if not connection_params(params[f"layers_{index}"]):
-            continue
-        consumer = with_params[position + 1] if position + 1 < len(with_params) else None
-        if consumer is not None and not connection_params(params[f"layers_{consumer}"]):
-            raise ValueError(
-                f"layer {index} ({type(model.layers[index]).__name__}) feeds layer {consumer} "
-                f"({type(model.layers[consumer]).__name__}), which has parameters but no connection weights "
-                f"({sorted(CONNECTION_AXES)}): its neurons' outgoing connections are undefined")
-        result[index] = consumer
-    return result
+
+    channels: dict[Path, int]
+    consumers: dict[Path, tuple[Path, ...]]
+    layouts: dict[Path, Layout]
 
 
-def layer_nics(model: Sequential, variables: PyTree, eds: Sequence[jax.Array], keys: jax.Array,
-               layers: Sequence[int], *, kind: str = "B", size: int | None = None, unit: str = "element",
-               rho=None) -> dict[int, tuple[jax.Array, jax.Array]]:
-    """For each layer index in ``layers``: ``(real, scrambled)`` outputs, (batch, ...) under EDS and
+def connection_params(layer: nn.Module, layer_params: PyTree) -> dict[str, jax.Array]:
+    """The connection weights among a layer's parameters (`Layer.connection_axes`)."""
+    axes = getattr(layer, "connection_axes", {})
+    return {name: value for name, value in layer_params.items() if name in axes}
+
+
+def connections(model: nn.Module, variables: PyTree, x: jax.Array) -> Connections:
+    """The neuron layers of ``model`` and what they feed, followed through parameter-free layers (which
+    keep channels, or flatten NHWC maps) and composites (each chain from the composite's input; the chains'
+    outputs side by side).  Shapes come from an abstract trace of ``x``: nothing is computed.
+
+    Raises ValueError when a neuron layer feeds a layer with parameters but no connection weights (e.g.
+    `BatchNorm`), or a parameter-free layer that is neither: outgoing connections are then undefined.
+    """
+    params = variables["params"]
+    shapes = jax.eval_shape(lambda v, x: extended_dataset(model, v, x), variables, x)
+    channels, layouts = {}, {}
+
+    def fresh(producer: Path | None, width: int) -> Layout:
+        return ((1, ((producer, width),)),)
+
+    def fed_by_neurons(layout: Layout) -> bool:
+        return any(producer is not None for _, segments in layout for producer, _ in segments)
+
+    def through(path: Path, layer: nn.Module, layer_params: PyTree, layout: Layout) -> Layout:
+        if chains(layer):
+            out = ()
+            for chain in chains(layer):
+                chain_layout = layout
+                for name, child in chain:
+                    chain_layout = through((*path, name), child, layer_params.get(name, {}), chain_layout)
+                out += chain_layout
+            return out
+        before, after = shapes.inputs[path].shape, shapes.outputs[path].shape
+        if connection_params(layer, layer_params):
+            channels[path], layouts[path] = after[-1], layout
+            return fresh(path, after[-1])
+        described = f"{format_path(path)} ({type(layer).__name__})"
+        if layer_params and fed_by_neurons(layout):
+            raise ValueError(f"layer {described} has parameters but no connection weights and is fed by neuron "
+                             f"layers: their outgoing connections are undefined")
+        if before[-1] == after[-1]:
+            return layout
+        if len(after) == 2 and len(before) > 2 and after[-1] == math.prod(before[1:]) and len(layout) == 1:
+            (repeat, segments), = layout
+            return ((repeat * math.prod(before[1:-1]), segments),)
+        if fed_by_neurons(layout):
+            raise ValueError(f"layer {described} maps {before} to {after}: the channels of the neuron layers "
+                             f"feeding it cannot be followed through it")
+        return fresh(None, after[-1])
+
+    through((), model, params, fresh(None, shapes.inputs[()].shape[-1]))
+    consumers = {producer: tuple(consumer for consumer, layout in layouts.items()
+                                 if any(p == producer for _, segments in layout for p, _ in segments))
+                 for producer in channels}
+    return Connections(channels, consumers, layouts)
+
+
+def neuron_layers(model: nn.Module, variables: PyTree, x: jax.Array) -> dict[Path, tuple[Path, ...]]:
+    """Every neuron layer mapped to the neuron layers its outputs feed (`connections`)."""
+    return connections(model, variables, x).consumers
+
+
+def layer_nics(model: nn.Module, variables: PyTree, eds: Trace, keys: jax.Array, layers: Sequence[Path], *,
+               kind: str = "B", size: int | None = None, unit: str = "element",
+               rho=None) -> dict[Path, tuple[jax.Array, jax.Array]]:
+    """For each layer path in ``layers``: ``(real, scrambled)`` outputs, (batch, ...) under EDS and
     (len(keys), size, ...) under SDS of ``kind``, differentiable with respect to ``variables``.
 
-    Type B recomputes each layer on its real inputs ``eds[i]`` (gradient stopped) and on their scrambles;
-    type A recomputes the whole EDS from ``eds[0]`` and the type A SDS.
+    Type B recomputes each layer on its real inputs ``eds.inputs[path]`` (gradient stopped) and on their
+    scrambles; type A recomputes the whole EDS from the network input and the type A SDS.
     """
     if kind not in SCRAMBLE_KINDS:
         raise ValueError(f"unknown scramble kind {kind!r}; choose one of {SCRAMBLE_KINDS}")
     options = {"size": size, "unit": unit}
     if kind == "A":
-        real = extended_dataset(model, variables, eds[0], rho=rho)
-        scrambled = sds_type_a(model, variables, eds[0], keys, rho=rho, **options)
-        return {i: (real[i + 1], scrambled[i + 1]) for i in layers}
-    inputs = {i: jax.lax.stop_gradient(eds[i]) for i in layers}
-    return {i: (apply_layer(model, variables, i, inputs[i], rho=rho),
-                sds_layer(model, variables, i, inputs[i], keys, rho=rho, **options)) for i in layers}
+        real = extended_dataset(model, variables, eds.inputs[()], rho=rho).outputs
+        scrambled = sds_type_a(model, variables, eds.inputs[()], keys, rho=rho, **options).outputs
+        return {p: (real[p], scrambled[p]) for p in layers}
+    inputs = {p: jax.lax.stop_gradient(eds.inputs[p]) for p in layers}
+    return {p: (apply_layer(model, variables, p, inputs[p], rho=rho),
+                sds_layer(model, variables, p, inputs[p], keys, rho=rho, **options)) for p in layers}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,30 +279,36 @@ def sum_except(values: jax.Array, axis: int) -> jax.Array:
     return jnp.sum(values, axis=tuple(a for a in range(values.ndim) if a != keep))
 
 
-def participation_from_grads(model: Sequential, output_grads: PyTree, channels: dict[int, int],
-                             consumers: dict[int, int | None]) -> dict[int, jax.Array]:
+def participation_from_grads(model: nn.Module, output_grads: PyTree, links: Connections) -> dict[Path, jax.Array]:
     """Participation factors from ``output_grads`` = d mean|f(x)| / d params.
 
-    For neuron ``c`` of layer ``i`` (``channels[i]`` neurons) with consumer layer ``j``, the outgoing
-    connections are the entries of ``j``'s connection weights whose input index ``k`` is fed by ``c``:
+    For neuron ``c`` of layer ``i``, the outgoing connections are, in every consumer ``j`` of ``i``, the
+    entries of ``j``'s connection weights whose input index ``k`` is fed by ``c``:
 
-        partf_c = sum_{k fed by c} sum_{other axes} |dL / dW_j[..., k, ...]|.
+        partf_c = sum_j sum_{k fed by c} sum_{other axes} |dL / dW_j[..., k, ...]|.
 
-    ``k`` runs over ``j``'s inputs: the channels of ``i`` themselves, or, after a flatten of NHWC maps,
-    (h, w, c) with the channel fastest, so ``k`` is fed by ``c = k mod channels[i]`` (pooling and
-    elementwise layers in between keep channels).  Layers without a consumer are left out.
+    Which ``k`` are fed by ``c`` is ``j``'s input `Layout` (`connections`): its own channels, after a
+    flatten of NHWC maps (h, w, c) with the channel fastest, and beside other layers' after a `Concat`.
+    Layers without a consumer are left out.
     """
     result = {}
-    for index, consumer in consumers.items():
-        if consumer is None:
-            continue
-        per_input = sum(sum_except(jnp.abs(grad), CONNECTION_AXES[name])
-                        for name, grad in connection_params(output_grads[f"layers_{consumer}"]).items())
-        if per_input.shape[0] % channels[index]:
-            raise ValueError(
-                f"layer {consumer} ({type(model.layers[consumer]).__name__}) has {per_input.shape[0]} inputs, "
-                f"not a multiple of the {channels[index]} neurons of layer {index} that feed it")
-        result[index] = per_input.reshape(-1, channels[index]).sum(axis=0)
+    for consumer, layout in links.layouts.items():
+        layer = layer_at(model, consumer)
+        grads = connection_params(layer, get_path(output_grads, consumer))
+        per_input = sum(sum_except(jnp.abs(g), layer.connection_axes[name]) for name, g in grads.items())
+        offset = 0
+        for repeat, segments in layout:
+            width = sum(c for _, c in segments)
+            block = per_input[offset:offset + repeat * width].reshape(repeat, width).sum(axis=0)
+            offset += repeat * width
+            start = 0
+            for producer, count in segments:
+                if producer is not None:
+                    result[producer] = result.get(producer, 0.0) + block[start:start + count]
+                start += count
+        if offset != per_input.shape[0]:
+            raise ValueError(f"layer {format_path(consumer)} has {per_input.shape[0]} inputs, but the layers "
+                             f"feeding it give {offset}")
     return result
 
 
@@ -249,22 +317,19 @@ def output_magnitude(outputs: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(outputs))
 
 
-def participation(model: Sequential, variables: PyTree, x: jax.Array, *, rho=None) -> dict[int, jax.Array]:
+def participation(model: nn.Module, variables: PyTree, x: jax.Array, *, rho=None) -> dict[Path, jax.Array]:
     """Participation factor of every neuron of every neuron layer that has a consumer (a constant: the
     result carries no gradient)."""
     params = variables["params"]
-    consumers = neuron_layers(model, params)
 
     def magnitude(p):
-        eds = extended_dataset(model, {**variables, "params": p}, x, rho=rho)
-        return output_magnitude(eds[-1]), eds
+        return output_magnitude(model.apply({**variables, "params": p}, x, rho=rho))
 
-    grads, eds = jax.grad(magnitude, has_aux=True)(params)
-    channels = {i: eds[i + 1].shape[-1] for i in consumers}
-    return jax.lax.stop_gradient(participation_from_grads(model, grads, channels, consumers))
+    grads = jax.grad(magnitude)(params)
+    return jax.lax.stop_gradient(participation_from_grads(model, grads, connections(model, variables, x)))
 
 
-def loss2(hypersats: dict[int, jax.Array], partfs: dict[int, jax.Array]) -> jax.Array:
+def loss2(hypersats: dict[Path, jax.Array], partfs: dict[Path, jax.Array]) -> jax.Array:
     """Eq. 6: ``1 - sum_i hypersat_i partf_i / N`` over the neurons of the layers in ``partfs`` (those
     with outgoing connections); ``partfs`` enter as constants."""
     if not partfs:

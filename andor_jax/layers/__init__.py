@@ -1,12 +1,6 @@
-"""Layer families.  One family per module; every layer brings its forward pass and its interval rule.
-
-The contract every layer honours (see ``DESIGN.md``):
-
-* ``__call__(self, x, *, train: bool = False)`` is the forward pass (a Flax Linen compact method);
-* ``interval(self, bounds: Interval) -> Interval`` maps a box of inputs to a box containing every
-  output, reading the layer's parameters from ``self.variables``.  A layer that cannot bound its output
-  does not define ``interval``, and interval propagation then raises an error naming it.
-"""
+"""Layer families, one per module: every layer brings its forward pass, its interval rule and its other
+hooks, declared with their defaults in one place: the protocol of `andor_jax.layers.base`."""
+from andor_jax.layers.base import Example, Layer, MissingIntervalRuleError, walk
 from andor_jax.layers.standard import (
     Activation,
     AvgPool,
@@ -19,4 +13,5 @@ from andor_jax.layers.standard import (
     MaxPool,
 )
 
-__all__ = ["Activation", "AvgPool", "BatchNorm", "Concat", "Conv", "Dense", "Dropout", "Flatten", "MaxPool"]
+__all__ = ["Activation", "AvgPool", "BatchNorm", "Concat", "Conv", "Dense", "Dropout", "Example", "Flatten",
+           "Layer", "MaxPool", "MissingIntervalRuleError", "walk"]

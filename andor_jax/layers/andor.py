@@ -30,15 +30,15 @@ for the author's), the identity.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from andor_jax.interval import Interval, linear, monotone
-from andor_jax.layers.standard import Activation, Conv, Dense, Flatten, MaxPool, conv2d
-from andor_jax.models import register
+from andor_jax.layers.base import Example, Layer
+from andor_jax.layers.standard import conv2d
 
 L1_RULES = ("author", "paper")
 
@@ -85,7 +85,7 @@ def project_andor(layer_params: dict, *, scale: float, budget: float, bias_bound
 # Layers computing nics
 
 
-class AndOrNeurons(nn.Module):
+class AndOrNeurons(Layer):
     """What dense and convolutional AND/OR neurons share: their settings, checked at construction, and
     the constraint set the engine projects them onto after every step.
 
@@ -108,6 +108,7 @@ class AndOrNeurons(nn.Module):
     budget: float = 1.0
     l1_rule: str = "author"
     kernel_init: Callable = nn.initializers.lecun_normal()
+    connection_axes = {"kernel": -2}
 
     def __post_init__(self):
         name = type(self).__name__
@@ -131,8 +132,12 @@ class AndOrDense(AndOrNeurons):
     """Dense AND/OR neurons: ``nics = (x W + b) / scale`` with ``W`` (in, out); attributes of
     `AndOrNeurons`."""
 
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(4, scale=1.0), (3, 5)),)
+
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return (x @ kernel + bias) / self.scale
@@ -160,8 +165,12 @@ class AndOrConv(AndOrNeurons):
     strides: tuple[int, int] = (1, 1)
     padding: str = "VALID"
 
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(3, scale=1.0, kernel_size=(3, 3)), (2, 6, 6, 2)),)
+
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return (conv2d(x, kernel, self.strides, self.padding) + bias) / self.scale
@@ -205,84 +214,23 @@ AND_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class AndActivation(nn.Module):
+class AndActivation(Layer):
     """Activation of nics: ``"and"`` (`and_activation`, AND type) or ``"sigmoid"`` (the plain logistic
     function, an OR-type contrast).  Both are non-decreasing, so the interval rule is exact."""
 
     kind: str = "and"
+
+    @classmethod
+    def conformance_examples(cls):
+        return tuple(Example(cls(kind), (3, 7), (-1.5, 1.5)) for kind in AND_ACTIVATIONS)
 
     def __post_init__(self):
         if self.kind not in AND_ACTIVATIONS:
             raise ValueError(f"unknown AND/OR activation {self.kind!r}; choose one of {sorted(AND_ACTIVATIONS)}")
         super().__post_init__()
 
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         return AND_ACTIVATIONS[self.kind](x)
 
     def interval(self, bounds: Interval) -> Interval:
         return monotone(AND_ACTIVATIONS[self.kind], bounds)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Architectures
-
-LENET_CONVS = (12, 16)      # filters of the two 5x5 convolutions, each followed by a 2x2 max-pool
-LENET_DENSE = (120, 84)     # hidden dense layers
-
-
-def lenet_layers(conv: Callable[[int, int], nn.Module], dense: Callable[[int, int], nn.Module],
-                 activation: Callable[[], nn.Module], num_classes: int) -> tuple:
-    """The LeNet-like network of the paper (sec. 5) from layer factories ``conv(features, position)``,
-    ``dense(features, position)`` (position: 0, 1, ... among the affine layers) and ``activation()``:
-
-        conv 12 k5 -> max-pool 2 -> act -> conv 16 k5 -> max-pool 2 -> act -> flatten
-        -> fc 120 -> act -> fc 84 -> act -> fc num_classes (the logits: no activation)
-
-    On 28x28x1 inputs (valid convolutions) the flattened features are 4 x 4 x 16 = 256.  Pooling comes
-    before the activation: for a non-decreasing activation the two orders give the same values, and this
-    one evaluates the activation on 4 times fewer elements.
-    """
-    layers: list[nn.Module] = []
-    for position, features in enumerate(LENET_CONVS):
-        layers += [conv(features, position), MaxPool((2, 2)), activation()]
-    layers.append(Flatten())
-    for position, features in enumerate(LENET_DENSE, start=len(LENET_CONVS)):
-        layers += [dense(features, position), activation()]
-    return (*layers, dense(num_classes, len(LENET_CONVS) + len(LENET_DENSE)))
-
-
-def andor_lenet(num_classes: int = 10, activation: str = "and", scale: float = 10.0, budget: float = 1.0,
-                l1_rule: str = "author", bias_bounds: Sequence[float] = (0.5, 1.0, 2.0, 2.0, 2.0)) -> tuple:
-    """The paper's AND/OR LeNet: `lenet_layers` of `AndOrConv`, `AndOrDense` and `AndActivation`.
-
-    ``bias_bounds`` gives one clamp per affine layer (the author's 0.5 and 1 for the convolutions, 2 for
-    the dense layers).  The logits are the last layer's nics (its pre-activation).
-
-    The author's code also feeds the outputs of fc 120 into the last layer beside those of fc 84 (a skip
-    connection).  It is left out: the paper describes the plain chain, and a layer nested in a `Concat`
-    branch is invisible to the walks over ``model.layers`` (the engine's projection, the scrambled
-    propagation and the participation factor's outgoing connections).
-    """
-    affine_layers = len(LENET_CONVS) + len(LENET_DENSE) + 1
-    if len(bias_bounds) != affine_layers:
-        raise ValueError(f"andor_lenet needs one bias bound per affine layer ({affine_layers}), "
-                         f"got bias_bounds={tuple(bias_bounds)}")
-    common = {"scale": scale, "budget": budget, "l1_rule": l1_rule}
-    return lenet_layers(
-        conv=lambda features, position: AndOrConv(features, kernel_size=(5, 5), bias_bound=bias_bounds[position], **common),
-        dense=lambda features, position: AndOrDense(features, bias_bound=bias_bounds[position], **common),
-        activation=lambda: AndActivation(activation),
-        num_classes=num_classes)
-
-
-def lenet(num_classes: int = 10, activation: str = "relu") -> tuple:
-    """The control: the same LeNet with ordinary `Conv`, `Dense` and `Activation` layers (any name of
-    `andor_jax.layers.standard.ACTIVATIONS`), no projection, no scrambling."""
-    return lenet_layers(conv=lambda features, _: Conv(features, (5, 5)),
-                        dense=lambda features, _: Dense(features),
-                        activation=lambda: Activation(activation),
-                        num_classes=num_classes)
-
-
-register("andor_lenet", andor_lenet)
-register("lenet", lenet)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -26,8 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from andor_jax.interval import Interval
-from andor_jax.layers.standard import Flatten
-from andor_jax.models import register
+from andor_jax.layers.base import Example, Layer
 from andor_jax.pseudograd import (argmax_share, as_rho, pseudo_exp, pseudo_exp_derivative,
                                   shared_feedback_max, shared_feedback_weights)
 
@@ -277,7 +275,7 @@ def uniform_between(low: float, high: float):
     return init
 
 
-class MWD(nn.Module):
+class MWD(Layer):
     """A layer of ``features`` MWD units of one ``kind``: ``'u'`` (``U``), ``'neg'`` (``1 - U``) or
     ``'mixed'`` (per unit, ``U`` or ``1 - U`` at random).
 
@@ -289,7 +287,12 @@ class MWD(nn.Module):
 
     features: int
     kind: str = "u"
-    has_pseudo_gradient = True  # class attribute, not a field: `models.call_layer` passes ``rho``
+    has_pseudo_gradient = True
+    connection_axes = {"u": -1, "w": -1}
+
+    @classmethod
+    def conformance_examples(cls):
+        return tuple(Example(cls(4, kind), (3, 6)) for kind in KINDS)
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):
@@ -320,20 +323,3 @@ class MWD(nn.Module):
         """The authors' post-step constraint: ``w`` clipped to [0, 1], ``u`` to [0.01, 3.0]."""
         return {**layer_params, "u": jnp.clip(layer_params["u"], *U_CLIP),
                 "w": jnp.clip(layer_params["w"], *W_CLIP)}
-
-
-def mwd_network(hidden: Sequence[int] = (512, 512, 512), num_classes: int = 10,
-                kinds: Sequence[str] = ("u", "neg", "u", "neg")) -> tuple:
-    """The paper's MWD network: flatten, then one `MWD` layer per width in ``(*hidden, num_classes)``
-    with the matching entry of ``kinds``.  The outputs are used directly (no softmax) with a squared loss."""
-    widths = (*hidden, num_classes)
-    if len(kinds) != len(widths):
-        raise ValueError(f"mwd_network needs one kind per layer: {len(widths)} layers "
-                         f"(hidden={tuple(hidden)} + output) but kinds={tuple(kinds)}")
-    for kind in kinds:
-        if kind not in KINDS:
-            raise ValueError(f"unknown MWD kind {kind!r}; choose one of {KINDS}")
-    return (Flatten(), *(MWD(width, kind) for width, kind in zip(widths, kinds)))
-
-
-register("mwd", mwd_network)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from andor_jax.interval import Interval, linear, monotone
+from andor_jax.layers.base import Example, Layer, apply_chain, chain_interval, concatenate
 
 MISH_ARGMIN = -1.1923179967766  # the unique minimiser of mish(x) = x tanh(softplus(x))
 
@@ -32,15 +33,20 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class Dense(nn.Module):
+class Dense(Layer):
     """Affine layer ``y = x W + b`` with ``W`` of shape (in, out)."""
 
     features: int
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
+    connection_axes = {"kernel": -2}
+
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(4), (3, 5), (-1.0, 1.0)), Example(cls(3, use_bias=False), (2, 4)))
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         y = x @ kernel
         if self.use_bias:
@@ -64,7 +70,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str
         x, kernel, window_strides=tuple(strides), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-class Conv(nn.Module):
+class Conv(Layer):
     """2-D convolution over NHWC inputs, kernel (kh, kw, in, out)."""
 
     features: int
@@ -73,9 +79,15 @@ class Conv(nn.Module):
     padding: str = "VALID"
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
+    connection_axes = {"kernel": -2}
+
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(3, (3, 3)), (2, 6, 6, 2)), Example(cls(2, (2, 2), strides=(2, 2), padding="SAME"),
+                                                               (2, 5, 5, 1), (-1.0, 1.0)))
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         y = conv2d(x, kernel, self.strides, self.padding)
         if self.use_bias:
@@ -93,10 +105,14 @@ class Conv(nn.Module):
 STRICTLY_INCREASING = frozenset({"leaky_relu", "sigmoid", "tanh", "softplus", "identity"})
 
 
-class Activation(nn.Module):
+class Activation(Layer):
     """Elementwise activation chosen by name (one of `ACTIVATIONS`)."""
 
     kind: str = "relu"
+
+    @classmethod
+    def conformance_examples(cls):
+        return tuple(Example(cls(kind), (3, 7), (-3.0, 3.0)) for kind in ACTIVATIONS)
 
     @property
     def preserves_order(self) -> bool:
@@ -108,7 +124,7 @@ class Activation(nn.Module):
         if self.kind not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.kind!r}; choose one of {sorted(ACTIVATIONS)}")
 
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         return ACTIVATIONS[self.kind](x)
 
     def interval(self, bounds: Interval) -> Interval:
@@ -123,24 +139,34 @@ class Activation(nn.Module):
         return Interval(lower, jnp.maximum(f_lower, f_upper))
 
 
-class Flatten(nn.Module):
+class Flatten(Layer):
     """Flattens every axis but the batch axis."""
 
-    def __call__(self, x, *, train: bool = False):
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(), (2, 3, 3, 2)),)
+
+    def __call__(self, x, *, train: bool = False, rho=None):
         return x.reshape(x.shape[0], -1)
 
     def interval(self, bounds: Interval) -> Interval:
         return Interval(self(bounds.lower), self(bounds.upper))
 
 
-class _Pool(nn.Module):
+class _Pool(Layer):
     """Pooling over NHWC windows by ``reduce`` (a monotone map, so endpoints map to endpoints)."""
 
     window: tuple[int, int] = (2, 2)
     strides: tuple[int, int] | None = None
     reduce = None  # class attribute of each subclass: nn.max_pool or nn.avg_pool
 
-    def __call__(self, x, *, train: bool = False):
+    @classmethod
+    def conformance_examples(cls):
+        if cls.reduce is None:
+            return ()
+        return (Example(cls((2, 2)), (2, 6, 6, 2), (-1.0, 1.0)), Example(cls((3, 3), (2, 2)), (2, 7, 7, 1)))
+
+    def __call__(self, x, *, train: bool = False, rho=None):
         return self.reduce(x, self.window, strides=self.strides or self.window)
 
     def interval(self, bounds: Interval) -> Interval:
@@ -159,20 +185,24 @@ class AvgPool(_Pool):
     reduce = staticmethod(nn.avg_pool)
 
 
-class Dropout(nn.Module):
+class Dropout(Layer):
     """Inverted dropout; the identity at inference (and so is its interval rule)."""
 
     rate: float = 0.5
 
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(0.3), (3, 6)),)
+
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         return nn.Dropout(self.rate, deterministic=not train)(x)
 
     def interval(self, bounds: Interval) -> Interval:
         return bounds
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(Layer):
     """Batch normalisation over the last axis (Ioffe & Szegedy 2015).
 
     Training normalises with batch statistics and updates the running averages in the ``batch_stats``
@@ -183,8 +213,12 @@ class BatchNorm(nn.Module):
     momentum: float = 0.99
     epsilon: float = 1e-5
 
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(), (4, 5), (-1.0, 1.0)),)
+
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, rho=None):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
@@ -207,28 +241,30 @@ class BatchNorm(nn.Module):
         return linear(lambda c: c * slope, lambda r: r * jnp.abs(slope), offset, bounds)
 
 
-class Concat(nn.Module):
+class Concat(Layer):
     """Runs several branches on the same input and concatenates their outputs on the last axis.
 
     A branch is a sequence of layers; an empty sequence is the identity (a skip connection).  The AND/OR
     network of Fontana's code feeds the outputs of two consecutive dense layers together into the last one:
-    ``Concat(((), (Dense(84), Activation(...))))`` after the first.
+    ``Concat(((), (Dense(84), Activation(...))))`` after the first.  The branches' layers are children
+    (`andor_jax.layers.base`): ``branches_{b}_{j}`` is layer ``j`` of branch ``b``, and every walk reaches
+    them; ``train`` and ``rho`` reach them too.
     """
 
     branches: Sequence[Sequence[nn.Module]]
 
-    def __call__(self, x, *, train: bool = False):
-        outputs = []
-        for branch in self.branches:
-            y = x
-            for layer in branch:
-                y = layer(y, train=train)
-            outputs.append(y)
-        return jnp.concatenate(outputs, axis=-1)
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(((), (Dense(4), Activation("tanh")))), (3, 5), (-1.0, 1.0)),
+                Example(cls(((Dense(3),), (Dense(4), Dropout(0.2), Activation("sigmoid")))), (3, 6)))
+
+    @property
+    def children(self):
+        return tuple(tuple((f"branches_{b}_{j}", layer) for j, layer in enumerate(branch))
+                     for b, branch in enumerate(self.branches))
+
+    def __call__(self, x, *, train: bool = False, rho=None):
+        return concatenate([apply_chain(chain, x, train=train, rho=rho) for chain in self.children])
 
     def interval(self, bounds: Interval) -> Interval:
-        from andor_jax.bounds import propagate_layers  # imported here: bounds walks layers, layers use it
-
-        outputs = [propagate_layers(branch, bounds) for branch in self.branches]
-        return Interval(jnp.concatenate([b.lower for b in outputs], axis=-1),
-                        jnp.concatenate([b.upper for b in outputs], axis=-1))
+        return concatenate([chain_interval(chain, bounds) for chain in self.children])

@@ -1,119 +1,190 @@
-"""The layer-sequence container and the architectures built from it.
+"""The model protocol, the `Sequential` container, projection, and finding architectures by name.
 
-A network is a `Sequential` of layers (see `andor_jax.layers`).  Everything the library does walks that
-sequence: the forward pass, the extended dataset (every layer's output), scrambled propagation and interval
-bound propagation.  An architecture is a function returning a tuple of layers, registered by name so that a
-config can ask for it.
+A *model* is any Flax module that declares, as class attributes or properties (defaults in `Model`):
+
+* ``randomised: bool``: its forward pass draws from the ``"sample"`` RNG stream, so inference needs a
+  PRNG key (default False);
+* ``gradient_modes: tuple[str, ...]``: the surfaces an attack may differentiate: ``"true"`` always,
+  ``"psd"`` when some layer has a pseudo-gradient, others a model defines (e.g. a BPDA surrogate)
+  (default ``("true",)``);
+* ``submodels: tuple[str, ...]``: names of sub-networks whose parameters sit under ``params[name]``
+  (default ``()``);
+
+and may define ``logits(self, x, *, gradient=None)``: its real forward for ``gradient=None`` (what is
+judged), the surface of a named gradient mode otherwise, with the same forward values (default: ``self(x)``).
+`logits` and `representation` below are how the rest of the library calls a model.
+
+`Sequential` is the model of a chain of layers (`andor_jax.layers`), and itself a composite layer (it
+may be nested).  An *architecture* is a module ``andor_jax/models/<name>.py`` with
+``get_model(**kwargs) -> model``; `build_model` finds it by ``importlib`` from ``config.model.name``,
+nothing registers itself on import.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import importlib
+import inspect
+import pathlib
+import pkgutil
+from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from andor_jax.layers import Activation, Conv, Dense, Flatten, MaxPool
+from andor_jax.layers.base import (Layer, Path, Trace, apply_chain, chain_interval, format_path, get_path, set_path,
+                                   trace, walk)
+
+GRADIENT_RHO = {None: None, "true": 0.0, "psd": 1.0}  # a Sequential's gradient modes as pseudo-gradient mixes
 
 
-def call_layer(layer: nn.Module, x: jax.Array, *, train: bool = False, rho=None) -> jax.Array:
-    """Applies one layer, passing the pseudo-gradient mixing ``rho`` only to layers that have one
-    (class attribute ``has_pseudo_gradient = True``, e.g. MWD units)."""
-    if getattr(layer, "has_pseudo_gradient", False):
-        return layer(x, train=train, rho=rho)
-    return layer(x, train=train)
+class Model(nn.Module):
+    """The declarations of the model protocol with their defaults (module docstring)."""
+
+    randomised = False
+    gradient_modes = ("true",)
+    submodels = ()
+
+    def logits(self, x, *, gradient=None):
+        return self(x)
 
 
-class Sequential(nn.Module):
+class Sequential(Layer, Model):
     """Applies ``layers`` in turn.  Parameters live under ``layers_0``, ``layers_1``, ...
 
     ``rho`` mixes pseudo-gradients into the backward pass of layers that define them: 1 is the pure
     pseudo-gradient, 0 (or None) the true derivative.  It is a traced value, so a schedule that changes it
-    during training compiles once.  The forward values never depend on it.
+    during training compiles once.  The forward values never depend on it.  ``train`` and ``rho`` reach
+    every layer, nested ones included.
     """
 
     layers: Sequence[nn.Module]
 
+    @property
+    def children(self):
+        return (tuple((f"layers_{index}", layer) for index, layer in enumerate(self.layers)),)
+
+    @property
+    def gradient_modes(self) -> tuple[str, ...]:
+        """``("true", "psd")`` when some layer has a pseudo-gradient (`Layer.has_pseudo_gradient`)."""
+        psd = any(getattr(layer, "has_pseudo_gradient", False) for _, layer, _ in walk(self))
+        return ("true", "psd") if psd else ("true",)
+
     def __call__(self, x, *, train: bool = False, rho=None):
-        for layer in self.layers:
-            x = call_layer(layer, x, train=train, rho=rho)
-        return x
+        return apply_chain(self.children[0], x, train=train, rho=rho)
 
-    def outputs(self, x, *, train: bool = False, rho=None) -> list[jax.Array]:
-        """Every layer's output for the batch ``x`` (Fontana's extended dataset, EDS), input first."""
-        outputs = [x]
-        for layer in self.layers:
-            outputs.append(call_layer(layer, outputs[-1], train=train, rho=rho))
-        return outputs
+    def interval(self, bounds):
+        return chain_interval(self.children[0], bounds)
+
+    def outputs(self, x, *, train: bool = False, rho=None) -> Trace:
+        """Every layer's input and output for the batch ``x``, keyed by path, nested layers included
+        (Fontana's extended dataset, EDS); ``()`` is the whole network (`andor_jax.layers.base.trace`)."""
+        return trace(self, "__call__", x, train=train, rho=rho)
+
+    def logits(self, x, *, gradient=None):
+        """The forward pass; gradient mode ``"true"`` is rho 0, ``"psd"`` rho 1 (same values)."""
+        return self(x, rho=GRADIENT_RHO[gradient])
 
 
-def project(model: Sequential, params: dict) -> dict:
-    """Applies every layer's constraint projection (``layer.project(layer_params) -> layer_params``, e.g.
-    MWD clipping or AND/OR L1 normalisation) to ``params``."""
-    projected = dict(params)
-    for index, layer in enumerate(model.layers):
-        name = f"layers_{index}"
-        if hasattr(layer, "project") and name in params:
-            projected[name] = layer.project(params[name])
+# ---------------------------------------------------------------------------------------------------------
+# The protocol as functions of any model
+
+
+def randomised(model: nn.Module) -> bool:
+    return bool(getattr(model, "randomised", Model.randomised))
+
+
+def gradient_modes(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "gradient_modes", Model.gradient_modes))
+
+
+def submodels(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "submodels", Model.submodels))
+
+
+def check_gradient_mode(model: nn.Module, gradient: str | None) -> None:
+    """ValueError unless ``gradient`` is None or one of the model's gradient modes."""
+    modes = gradient_modes(model)
+    if gradient is not None and gradient not in modes:
+        raise ValueError(f"{type(model).__name__} has no gradient mode {gradient!r}; its modes are {list(modes)}")
+
+
+def logits(model: nn.Module, variables, x: jax.Array, *, key: jax.Array | None = None,
+           gradient: str | None = None) -> jax.Array:
+    """The model's logits of the batch ``x``: its real forward (``gradient=None``) or the surface of the
+    named gradient mode.  A randomised model needs ``key``, passed as the ``"sample"`` RNG stream."""
+    check_gradient_mode(model, gradient)
+    if randomised(model) and key is None:
+        raise ValueError(f"{type(model).__name__} is randomised: its logits need a PRNG key")
+    rngs = None if key is None else {"sample": key}
+    if not hasattr(model, "logits"):
+        return model.apply(variables, x, rngs=rngs)
+    return model.apply(variables, x, gradient=gradient, rngs=rngs, method="logits")
+
+
+def as_path(path: str | Sequence[str]) -> Path:
+    """``"layers_9/branches_1_0"`` or ``("layers_9", "branches_1_0")`` as a path tuple."""
+    return tuple(path.split("/")) if isinstance(path, str) else tuple(path)
+
+
+def representation(model: nn.Module, variables, x: jax.Array, paths: Sequence[str | Sequence[str]], *,
+                   key: jax.Array | None = None) -> jax.Array:
+    """The outputs of the layers at ``paths`` for the batch ``x``, each flattened to (batch, features),
+    concatenated in the order of ``paths``.  A path names a layer by its parameter keys (``"layers_4"``,
+    ``"layers_9/branches_1_0"``)."""
+    wanted = [as_path(p) for p in paths]
+    rngs = None if key is None else {"sample": key}
+    outputs = model.apply(variables, x, rngs=rngs,
+                          method=lambda module, x: trace(module, "__call__", x, paths=wanted).outputs)
+    missing = [format_path(p) for p in wanted if p not in outputs]
+    if missing:
+        known = [format_path(p) for p, _, _ in walk(model)]
+        raise ValueError(f"representation: no layer at {missing} in {type(model).__name__}; its layers: {known}")
+    return jnp.concatenate([outputs[p].reshape(x.shape[0], -1) for p in wanted], axis=-1)
+
+
+def project(model: nn.Module, params: dict) -> dict:
+    """Applies every layer's constraint projection (`Layer.project`, e.g. MWD clipping or the AND/OR L1
+    budget) to its own parameters, nested layers included; children before their composites."""
+    projected = params
+    for path, layer, layer_params in reversed(list(walk(model, params))):
+        if layer_params and hasattr(layer, "project"):
+            projected = set_path(projected, path, layer.project(get_path(projected, path)))
     return projected
 
 
-def mlp(hidden: Sequence[int] = (512, 512, 512), num_classes: int = 10, activation: str = "relu",
-        output_activation: str | None = None) -> tuple:
-    """Fully connected baseline: flatten, then ``Dense -> activation`` per hidden width, then the logits
-    (passed through ``output_activation`` when one is named, e.g. sigmoid outputs for a squared loss)."""
-    layers: list[nn.Module] = [Flatten()]
-    for width in hidden:
-        layers += [Dense(width), Activation(activation)]
-    layers.append(Dense(num_classes))
-    if output_activation:
-        layers.append(Activation(output_activation))
-    return tuple(layers)
+# ---------------------------------------------------------------------------------------------------------
+# Architectures by name
 
 
-def small_cnn(channels: Sequence[int] = (16, 32), dense: int = 128, num_classes: int = 10,
-              activation: str = "relu") -> tuple:
-    """Small convolutional baseline: ``(conv 3x3 -> activation -> max-pool 2) * len(channels)``, a dense
-    hidden layer and the logits.  Expects NHWC inputs (keep the data unflattened)."""
-    layers: list[nn.Module] = []
-    for width in channels:
-        layers += [Conv(width, (3, 3), padding="SAME"), Activation(activation), MaxPool((2, 2))]
-    return (*layers, Flatten(), Dense(dense), Activation(activation), Dense(num_classes))
+def known_architectures() -> list[str]:
+    """The architecture modules of this package (every module but ``base``)."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(pathlib.Path(__file__).parent)]) if m.name != "base")
 
 
-ARCHITECTURES: dict[str, Callable[..., tuple]] = {
-    "mlp": mlp,
-    "cnn": small_cnn,
-}
-
-
-def register(name: str, builder: Callable[..., tuple]) -> None:
-    """Makes ``builder(**kwargs) -> tuple of layers`` available to configs as ``model.name = name``."""
-    ARCHITECTURES[name] = builder
-
-
-def build_model(config: ml_collections.ConfigDict) -> Sequential:
-    """The `Sequential` described by a config's ``model`` block: ``name`` plus the builder's keyword
-    arguments (e.g. ``hidden``, ``activation``)."""
-    _import_architecture_families()
-    kwargs = {k: v for k, v in config.to_dict().items() if k != "name"}
-    if config.name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {config.name!r}; known: {sorted(ARCHITECTURES)}")
+def architecture(name: str):
+    """The module ``andor_jax.models.<name>``; ValueError listing the known names if there is none."""
+    module_name = f"{__package__}.{name}"
+    if not name.isidentifier() or name == "base":
+        raise ValueError(f"unknown architecture {name!r}; known: {known_architectures()}")
     try:
-        layers = ARCHITECTURES[config.name](**kwargs)
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ValueError(f"unknown architecture {name!r}; known: {known_architectures()}") from None
+    if not hasattr(module, "get_model"):
+        raise ValueError(f"{module_name} defines no get_model(**kwargs); known: {known_architectures()}")
+    return module
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The model described by a config's ``model`` block: ``name`` (an architecture module) plus the
+    keyword arguments of its ``get_model`` (e.g. ``hidden``, ``activation``)."""
+    get_model = architecture(config.name).get_model
+    kwargs = {k: v for k, v in config.to_dict().items() if k != "name"}
+    try:
+        inspect.signature(get_model).bind(**kwargs)
     except TypeError as err:
         raise ValueError(f"bad options for architecture {config.name!r}: {err}") from err
-    return Sequential(tuple(layers))
-
-
-def _import_architecture_families() -> None:
-    """Imports the modules that register further architectures, objectives and gradient transforms
-    (MWD, AND/OR)."""
-    import importlib
-
-    for module in ("andor_jax.layers.mwd", "andor_jax.layers.andor", "andor_jax.andor_training"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    return get_model(**kwargs)

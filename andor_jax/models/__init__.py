@@ -1,0 +1,8 @@
+"""Models: the model protocol and `Sequential` (`andor_jax.models.base`); one architecture per module of
+this package (``mlp``, ``cnn``, ``mwd``, ``lenet``, ``andor_lenet`` ...), each with ``get_model(**kwargs)``,
+found by name by `build_model` and never imported here."""
+from andor_jax.models.base import (Model, Sequential, architecture, build_model, check_gradient_mode, gradient_modes,
+                                   known_architectures, logits, project, randomised, representation, submodels)
+
+__all__ = ["Model", "Sequential", "architecture", "build_model", "check_gradient_mode", "gradient_modes",
+           "known_architectures", "logits", "project", "randomised", "representation", "submodels"]

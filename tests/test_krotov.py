@@ -1,4 +1,6 @@
 """Krotov-Hopfield local learning: the update rule by hand, convergence to unit p-norm, interval rules."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,3 +117,30 @@ def test_power_activation_interval_contains_sampled_points():
     assert bool(jnp.all(outputs >= bounds.lower)) and bool(jnp.all(outputs <= bounds.upper))
     np.testing.assert_allclose(bounds.upper, [0.0, 0.4 ** 4.5, 0.9 ** 4.5, 1.5 ** 4.5], rtol=1e-6)
     np.testing.assert_allclose(layer.apply({}, jnp.array([-2.0, 2.0])), [0.0, 2.0 ** 4.5], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- through the training engine
+
+def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_dir):
+    from andor_jax import config as config_lib, experiment
+
+    data_dir = str(synthetic_mnist_dir)
+    local = config_lib.apply_overrides(config_lib.load_config("krotov_mnist:small"),
+                                       ["model.units=12", "train.krotov.k=3"])
+    before = experiment.Experiment(local, data_dir=data_dir).init_state().params
+    state = experiment.fit(local, tmp_path / "local", data_dir=data_dir, progress=False)
+    kernel = np.asarray(state.params["layers_1"]["kernel"])
+    # exactly Krotov's step: SGD at lr 1 applies eps_t dW/max|dW|; eps_0 = 0.04, so no entry moves further
+    steps = int(state.step)
+    assert 0 < np.abs(kernel - before["layers_1"]["kernel"]).max() <= 0.04 * steps + 1e-5
+    np.testing.assert_array_equal(state.params["layers_3"]["kernel"], before["layers_3"]["kernel"])
+    norms_before, norms_after = krotov.lp_norm(before["layers_1"]["kernel"], 3.0), krotov.lp_norm(kernel, 3.0)
+    assert float(jnp.mean(norms_after)) < float(jnp.mean(norms_before))  # N(0, 1) norms ~11 shrink toward R = 1
+    record = [json.loads(line) for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 0.0 <= record["train_off_norm_fraction"] <= 1.0 and "train_negative_units" in record
+
+    readout = config_lib.apply_overrides(config_lib.load_config("krotov_readout_mnist:small"),
+                                         ["model.units=12", f"train.init_from={tmp_path / 'local'}"])
+    state = experiment.fit(readout, tmp_path / "readout", data_dir=data_dir, progress=False)
+    np.testing.assert_array_equal(state.params["layers_1"]["kernel"], kernel)  # the local layer stays frozen
+    assert np.abs(np.asarray(state.params["layers_3"]["kernel"]) - before["layers_3"]["kernel"]).max() > 0

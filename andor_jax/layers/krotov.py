@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from andor_jax.interval import Interval, linear, monotone
+from andor_jax.layers.base import Example, Layer
 
 TINY = 1e-30  # Krotov's ``prec``: the update is divided by max(max|dW|, TINY)
 
@@ -59,8 +60,8 @@ def winner_gains(current: jax.Array, k: int, delta: float) -> jax.Array:
             - delta * (units == ranked[:, k - 1:k]).astype(current.dtype))
 
 
-def local_update(kernel: jax.Array, v: jax.Array, *, p: float, k: int, delta: float,
-                 radius: float = 1.0) -> jax.Array:
+def local_update(kernel: jax.Array, v: jax.Array, *, p: float, k: int, delta: float, radius: float = 1.0,
+                 current: jax.Array | None = None) -> jax.Array:
     """Krotov's weight change over a batch, divided by its largest entry.
 
     With currents ``I`` and gains ``g`` (`winner_gains`) of the batch ``v``,
@@ -69,9 +70,10 @@ def local_update(kernel: jax.Array, v: jax.Array, *, p: float, k: int, delta: fl
 
     i.e. ``dW = R^p g^T v - (sum_b g I) W`` as in Krotov's reference code (R = 1 there), returned as
     ``dW / max(max|dW|, 1e-30)``; the caller multiplies by the learning rate.  A unit whose updates keep
-    the same sign converges to ``||W_mu||_p = R``.
+    the same sign converges to ``||W_mu||_p = R``.  ``current``: the batch's currents when the caller has
+    them already (the forward pass computed them).
     """
-    current = currents(kernel, v, p)
+    current = currents(kernel, v, p) if current is None else current
     gains = winner_gains(current, k, delta)
     drive = jnp.sum(gains * current, axis=0)
     change = radius ** p * (gains.T @ v) - drive[:, None] * kernel
@@ -116,7 +118,7 @@ def lp_normalise_interval(bounds: Interval, p: float) -> Interval:
     return Interval(new_lower, new_upper)
 
 
-class KrotovHopfield(nn.Module):
+class KrotovHopfield(Layer):
     """Hidden units of Krotov & Hopfield: outputs the currents ``I`` (batch, units) of the (Lp-normalised)
     inputs.  The kernel (units, inputs) starts from N(0, 1) as in both reference codes; it is learnt by
     `andor_jax.objectives.krotov`, never by backprop (which would see the currents' true gradient)."""
@@ -126,6 +128,10 @@ class KrotovHopfield(nn.Module):
     radius: float = 1.0
     normalise_inputs: bool = True
     kernel_init: Callable = nn.initializers.normal(1.0)
+
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(4), (3, 6)), Example(cls(3, p=2.0, normalise_inputs=False), (2, 5), (-1.0, 1.0)))
 
     def prepare(self, x: jax.Array) -> jax.Array:
         """The inputs the units see: each row scaled to unit Lp norm when ``normalise_inputs``."""
@@ -150,11 +156,15 @@ def rectified_power(x: jax.Array, exponent: float) -> jax.Array:
     return jax.nn.relu(x) ** exponent
 
 
-class Power(nn.Module):
+class Power(Layer):
     """``relu(x)^n`` elementwise.  Non-decreasing (constant below 0), so its interval rule maps the
     endpoints; it is not strictly increasing, hence does not preserve order."""
 
     exponent: float = 4.5
+
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls(), (3, 7), (-2.0, 2.0)), Example(cls(2.0), (2, 4), (-1.0, 1.0)))
 
     def __call__(self, x, *, train: bool = False, rho=None):
         return rectified_power(x, self.exponent)

@@ -1,0 +1,27 @@
+"""Readout of a Krotov-Hopfield layer (Holzhausen et al.): the frozen local layer of a ``krotov_mnist`` run,
+``relu(I)^4.5``, and a linear layer 2000 -> 10 trained by cross-entropy with Adam (lr 1e-3).
+
+The run starts from the local run's work directory (``train.init_from``, default ``runs/krotov_mnist``;
+pass ``--config.train.init_from=DIR``) and trains the readout only (``train.trainable = ["layers_3"]``).
+Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU), 20 epochs.
+
+Variant ``small``: the readout of ``krotov_mnist:small``.
+"""
+from andor_jax.config import check_variant
+from andor_jax.configs import krotov_mnist
+
+VARIANTS = ("small",)
+
+
+def get_config(arg=None):
+    check_variant(arg, VARIANTS)
+    config = krotov_mnist.get_config(arg)
+    del config.train["krotov"]
+    config.train.objective = "supervised"
+    config.train.loss = "cross_entropy"
+    config.train.optimizer = "adam"
+    config.train.learning_rate = 1e-3
+    config.train.trainable = ["layers_3"]
+    config.train.init_from = "runs/krotov_mnist_small" if arg == "small" else "runs/krotov_mnist"
+    config.train.epochs = 2 if arg == "small" else 20
+    return config

@@ -1,0 +1,68 @@
+"""Covariance spectra, the power-law fit, and the spectral regulariser of Nassar et al."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from andor_jax import models, spectrum
+
+
+def data_with_spectrum(eigenvalues: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` rows whose sample covariance is exactly ``Q diag(eigenvalues) Q^T`` for a random rotation Q:
+    whitened Gaussian rows (zero mean, identity sample covariance), scaled, then rotated."""
+    rng = np.random.default_rng(seed)
+    d = len(eigenvalues)
+    z = rng.standard_normal((count, d))
+    z -= z.mean(axis=0)
+    u, _, vt = np.linalg.svd(z, full_matrices=False)
+    white = u @ vt * np.sqrt(count - 1)  # white.T @ white / (count - 1) = I
+    rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (white * np.sqrt(eigenvalues)) @ rotation.T + 3.0  # an offset, removed by the covariance
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.47, 2.8])
+def test_alpha_of_a_synthetic_power_law_is_recovered(alpha):
+    n = np.arange(1, 601, dtype=np.float64)
+    x = data_with_spectrum(5.0 * n ** -alpha, count=1500, seed=int(alpha * 100))
+    batches = (x[i:i + 256] for i in range(0, len(x), 256))
+    values = spectrum.eigenspectrum(spectrum.covariance(batches))
+    fit = spectrum.fit_alpha(values)
+    assert abs(fit.alpha - alpha) < 0.01
+    assert (fit.start, fit.stop) == (11, 500)
+    np.testing.assert_allclose(values[:3], 5.0 * n[:3] ** -alpha, rtol=1e-8)
+
+
+def test_fit_range_is_configurable_and_cut_to_the_spectrum():
+    n = np.arange(1, 201, dtype=np.float64)
+    values = np.where(n <= 50, n ** -1.0, 50.0 ** -1.0 * (n / 50) ** -3.0)  # a knee at n = 50
+    assert abs(spectrum.fit_alpha(values, (2, 50)).alpha - 1.0) < 1e-9
+    fit = spectrum.fit_alpha(values, (60, 500))
+    assert abs(fit.alpha - 3.0) < 1e-9 and fit.stop == 200
+    with pytest.raises(ValueError, match="not positive"):
+        spectrum.fit_alpha(np.concatenate([values, np.zeros(400)]))
+
+
+def test_spectrum_of_the_inputs_and_of_a_layer():
+    model = models.build_model(_mlp_config())
+    x = jax.random.uniform(jax.random.PRNGKey(0), (300, 8))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    assert spectrum.default_layer(model, variables) == "layers_1"
+    np.testing.assert_allclose(spectrum.spectrum(model, variables, np.asarray(x), "input", batch_size=64),
+                               np.linalg.eigvalsh(np.cov(np.asarray(x, np.float64), rowvar=False))[::-1], rtol=1e-6)
+    hidden = np.asarray(x, np.float64) @ np.asarray(variables["params"]["layers_1"]["kernel"], np.float64)
+    np.testing.assert_allclose(spectrum.spectrum(model, variables, np.asarray(x), "layers_1", batch_size=64)[:5],
+                               np.linalg.eigvalsh(np.cov(hidden, rowvar=False))[::-1][:5], rtol=1e-4)
+
+
+def _mlp_config():
+    import ml_collections
+
+    return ml_collections.ConfigDict({"name": "mlp", "hidden": (16,), "activation": "relu"})
+
+
+def test_plot_writes_a_figure(tmp_path):
+    n = np.arange(1, 101, dtype=np.float64)
+    records = [spectrum.summary(name, n ** -a, (2, 100)) for name, a in (("a", 1.0), ("b", 2.0))]
+    spectrum.plot(records, tmp_path / "spectra.png")
+    assert (tmp_path / "spectra.png").stat().st_size > 1000
+    assert abs(records[1]["alpha"] - 2.0) < 1e-9

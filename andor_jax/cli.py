@@ -13,8 +13,10 @@ the work directory was trained on (its ``data.json``) and refuse other data; the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import pathlib
+import shutil
 import signal
 import sys
 
@@ -217,8 +219,7 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     domain = data.check_domain(config.data.domain)
     labels, _ = validation.check_evaluate_block(block, domain, validation.input_size(config))
     if getattr(args, "attacks", None) is not None:
-        labels = validation.attack_names(args.attacks)
-        given["attacks"] = ",".join(labels)
+        labels = given["attacks"] = validation.attack_names(args.attacks)
     norms = validation.check_attacks(labels) if function.__name__ == "evaluate" else ["linf"]  # IBP: L-inf
     if args.eps is not None:
         given["eps"] = validation.parse_eps_grid(args.eps)
@@ -227,8 +228,6 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
                                                  validation.input_size(config), name="--eps")
     if args.limit is not None:
         given["limit"] = validation.check_int("--limit", args.limit, 0)
-    if isinstance(given.get("attacks"), list):
-        given["attacks"] = ",".join(validation.attack_names(given["attacks"]))
     if getattr(args, "set", None):
         given["attack_settings"] = parse_attack_settings(args.set)
         validation.check_attack_settings(given["attack_settings"])
@@ -260,18 +259,34 @@ def announce_resume(output_dir: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------------------- commands
 
+@contextlib.contextmanager
+def removed_if_nothing_trained(workdir: pathlib.Path):
+    """A work directory this command creates is removed again if the training fails (bad data, a bad
+    setting found late) before it saved a checkpoint: a failed run leaves no half-made work directory.
+    An interrupted one keeps it, to resume."""
+    created = not workdir.exists()
+    try:
+        yield
+    except (ValueError, OSError):
+        checkpoints = workdir / "checkpoints"
+        if created and workdir.is_dir() and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
 def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.command in ("train", "run"):
         config, data_dir = prepare_training(args, overrides, args.config if args.command == "train" else "quickstart")
-        from andor_jax import experiment  # imported here so that `--help` stays fast
+        workdir = pathlib.Path(args.workdir)
+        with removed_if_nothing_trained(workdir):
+            from andor_jax import experiment  # imported here so that `--help` stays fast
 
-        experiment.fit(config, args.workdir, data_dir=data_dir, progress=not args.no_progress)
+            experiment.fit(config, workdir, data_dir=data_dir, progress=not args.no_progress)
         if args.command == "train":
-            print(f"trained; checkpoints in {pathlib.Path(args.workdir) / 'checkpoints'}")
+            print(f"trained; checkpoints in {workdir / 'checkpoints'}")
             return 0
         from andor_jax import evaluation
 
-        paths = evaluation.evaluate(args.workdir, data_dir=data_dir, progress=not args.no_progress)
+        paths = evaluation.evaluate(workdir, data_dir=data_dir, progress=not args.no_progress)
         print(f"\nDone. Report: {paths['md']}\n")
         print(pathlib.Path(paths["md"]).read_text())
         return 0

@@ -1,19 +1,24 @@
 """Checkpoints: an orbax `CheckpointManager` behind a small API.
 
-A checkpoint holds the whole `TrainState` (parameters, optimiser state, step, PRNG key) and a JSON
-fingerprint of the architecture (its config and every parameter's shape).  Restoring compares fingerprints
-first, so a checkpoint of another architecture or config fails with an error that names the difference
-instead of an obscure shape error deep inside orbax.
+A checkpoint holds the whole `TrainState` (parameters, model and objective state, optimiser state, step,
+PRNG key) and a JSON fingerprint of the architecture (its config and every parameter's shape).  Restoring
+compares fingerprints first, so a checkpoint of another architecture or config fails with an error that
+names the difference instead of an obscure shape error deep inside orbax.  `init_from` starts a run from
+the variables of another work directory's latest checkpoint (``train.init_from``), checked leaf by leaf.
 """
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+
+from andor_jax.train import path_names
 
 PyTree = Any
 
@@ -109,9 +114,90 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoint at step {step} in {self._manager.directory} belongs to another architecture: "
                 f"{describe_mismatch(found, wanted)}")
+        return self.latest_raw_variables()
+
+    def latest_raw_variables(self) -> dict:
+        """The model's variables (``params`` and the ``model_state`` collections) of the latest checkpoint as
+        saved, without any check: the caller compares them with what it expects."""
+        step = self.latest_step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self._manager.directory}: train first")
         raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        return {"params": raw["params"], **raw["model_state"]}
+        return {"params": raw["params"], **(raw.get("model_state") or {})}
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def init_from(workdir: str | os.PathLike, params: PyTree, model_state: PyTree, into: str = "") -> tuple[PyTree, PyTree]:
+    """``(params, model_state)`` with the sub-tree at ``into`` (names joined by ``/``; ``""``: the whole tree)
+    of every collection replaced by the variables of the latest checkpoint in ``workdir`` (another run's work
+    directory), for ``train.init_from`` / ``train.init_from_into``.
+
+    The checkpoint's variables must match that sub-tree exactly: the same parameter paths, shapes and dtypes.
+    A missing work directory or checkpoint, a parameter present on one side only (another architecture) or
+    a shape mismatch is a ValueError naming the parameter path (e.g. ``params/classifier/layers_0/kernel``).
+    """
+    directory = pathlib.Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise ValueError(f"train.init_from: {workdir} is not a work directory with checkpoints "
+                         f"({directory} does not exist)")
+    manager = Checkpointer(directory)
+    try:
+        if manager.latest_step is None:
+            raise ValueError(f"train.init_from: no checkpoint in {directory}")
+        source = manager.latest_raw_variables()
+    finally:
+        manager.close()
+    into_path = tuple(p for p in into.strip("/").split("/") if p)
+    target = {"params": params, **model_state}
+    wanted = {name: _subtree(tree, into_path) for name, tree in target.items()}
+    wanted = {name: tree for name, tree in wanted.items() if tree is not None}
+    if "params" not in wanted:
+        raise ValueError(f"train.init_from_into: this model has no parameter sub-tree {into!r}; top-level "
+                         f"parameters: {sorted(params)}")
+    _check_same_leaves(source, wanted, into_path, workdir)
+    replaced = {name: _with_subtree(tree, into_path, jax.tree.map(jnp.asarray, source[name]))
+                if name in wanted else tree for name, tree in target.items()}
+    new_params = replaced.pop("params")
+    return new_params, replaced
+
+
+def _leaf_table(tree: PyTree) -> dict[tuple[str, ...], Any]:
+    return {path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_same_leaves(source: dict, wanted: dict, into_path: tuple[str, ...], workdir) -> None:
+    def name(path):  # the path in this run's tree: collection, then `into`, then the rest
+        return "/".join((path[0], *into_path, *path[1:]))
+
+    found, expected = _leaf_table(source), _leaf_table(wanted)
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(f"train.init_from: the checkpoint in {workdir} has no parameter {name(missing[0])} "
+                         f"({len(missing)} missing): another architecture?")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ValueError(f"train.init_from: the checkpoint in {workdir} has {name(extra[0])}, which this model "
+                         f"does not have at {'/'.join(into_path) or 'its root'} ({len(extra)} such): another "
+                         f"architecture?")
+    for path, leaf in expected.items():
+        saved = found[path]
+        if tuple(saved.shape) != tuple(leaf.shape) or str(saved.dtype) != str(leaf.dtype):
+            raise ValueError(f"train.init_from: parameter {name(path)} has shape {tuple(saved.shape)} "
+                             f"{saved.dtype} in {workdir} but {tuple(leaf.shape)} {leaf.dtype} in this model")
+
+
+def _subtree(tree: PyTree, path: tuple[str, ...]):
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _with_subtree(tree: PyTree, path: tuple[str, ...], value: PyTree) -> PyTree:
+    if not path:
+        return value
+    return {**tree, path[0]: _with_subtree(tree[path[0]], path[1:], value)}

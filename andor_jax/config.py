@@ -9,6 +9,16 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """The defaults every config starts from.  Every key a run reads is declared here (or, for an
+    objective's own block such as ``train.andor``, by the configs that use it), so that every key can be
+    overridden on the command line and appears in the run's ``config.json``.
+
+    Lists are lists: ``train.gradient_transforms``, ``train.trainable`` and ``evaluate.attacks`` of names,
+    ``evaluate.eps`` of floats.  Three meanings of "rho" have three names: ``train.psd_mix`` (the
+    pseudo-gradient mix of layers that have one), ``train.adadelta_rho`` (AdaDelta's decay) and APGD's own
+    setting among the attack settings; AdaDelta's epsilon is ``train.adadelta_eps``, the perturbation
+    budgets are ``evaluate.eps``.
+    """
     config = ml_collections.ConfigDict()
     config.seed = 1
 
@@ -26,51 +36,108 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 30
     config.train.batch_size = 100
-    config.train.loss = "cross_entropy"    # cross_entropy | squared_error
-    config.train.objective = "supervised"  # how gradients are made (train.OBJECTIVES)
-    config.train.gradient_transforms = ""  # comma-separated, before the optimiser (train.GRADIENT_TRANSFORMS)
+    config.train.loss = "cross_entropy"    # cross_entropy | squared_error (objectives.losses)
+    config.train.objective = "supervised"  # module andor_jax/objectives/<name>.py (or a dotted module name)
+    config.train.gradient_transforms = []  # before the optimiser: "clip_by_global_norm" or "package.module:factory"
+    config.train.max_grad_norm = 1.0       # clip_by_global_norm
     config.train.optimizer = "adadelta"    # adadelta | adam | radam | sgd
     config.train.learning_rate = 1.0
-    config.train.momentum = 0.9            # sgd only
-    config.train.rho = 1.0                 # pseudo-gradient mixing (layers that have one): 1 pseudo, 0 true
-    config.train.rho_final = ml_collections.config_dict.placeholder(float)  # set: linear decay to it
+    config.train.momentum = 0.9            # sgd only (0: none)
+    config.train.nesterov = False          # sgd only
+    config.train.adadelta_rho = 0.9        # AdaDelta's decay of its running averages
+    config.train.adadelta_eps = 1e-6       # AdaDelta's epsilon
+    config.train.psd_mix = 1.0             # pseudo-gradient mix (layers that have one): 1 pseudo, 0 true
+    config.train.psd_mix_final = ml_collections.config_dict.placeholder(float)  # set: linear change to it
+    config.train.trainable = []            # parameter path prefixes that train, e.g. ["purifier"]; []: all
+    config.train.init_from = ""            # a work directory whose latest params / model_state start the run
+    config.train.init_from_into = ""       # the sub-tree they go into, e.g. "classifier"; "": the whole tree
     config.train.num_devices = ml_collections.config_dict.placeholder(int)  # None: all local devices
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3
     config.train.log_every_steps = 20
 
     config.evaluate = ml_collections.ConfigDict()
-    config.evaluate.attacks = "fgsm,ifgsm,pgd,apgd-ce,apgd-dlr,deepfool,square"
-    config.evaluate.eps = "0.05:0.5:0.05"
+    config.evaluate.attacks = ["fgsm", "ifgsm", "pgd", "apgd-ce", "apgd-dlr", "deepfool", "square"]
+    config.evaluate.eps = eps_grid(0.05, 0.5, 0.05)
     config.evaluate.limit = 1000           # examples attacked; 0: the whole test set
     config.evaluate.batch_size = 500
     config.evaluate.attack_settings = ml_collections.ConfigDict()  # e.g. {"pgd": {"restarts": 1}}
     config.evaluate.pseudo_gradient_attacks = False  # also run every attack with pseudo-gradients ([psd])
     config.evaluate.certify = False
+    config.evaluate.eot_draws = 0          # EOT draws per gradient; 0: 20 for randomised models, 1 otherwise
+    config.evaluate.verdict_draws = 10     # randomised models: worst case over this many forward passes
+    config.evaluate.randomness = "fresh"   # fresh | fixed: attacks see the model's key held fixed
+    config.evaluate.attack_model = ""      # "": the whole model; a sub-network name: transfer setting
+    return config
+
+
+def check_variant(arg: str | None, variants: tuple[str, ...]) -> None:
+    """Raises a ValueError unless ``arg`` (the variant of ``get_config(arg)``) is None or one of
+    ``variants``."""
+    if arg is not None and arg not in variants:
+        known = ", ".join(variants) if variants else "none"
+        raise ValueError(f"unknown config variant {arg!r}; variants of this config: {known}")
+
+
+def small_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``small`` variant shared by the bundled configs, for tests, CI and notebooks: 2 epochs of 500
+    training images, FGSM and PGD on 100 test images at two eps, checkpoints every 20 steps.  Widths and
+    depths are the config's own business."""
+    config.data.limit_train = 500
+    config.data.limit_test = 200
+    config.train.epochs = 2
+    config.train.checkpoint_every_steps = 20
+    config.train.log_every_steps = 5
+    config.evaluate.attacks = ["fgsm", "pgd"]
+    config.evaluate.eps = [0.1, 0.3]
+    config.evaluate.limit = 100
+    config.evaluate.batch_size = 100
+    config.evaluate.attack_settings = ml_collections.ConfigDict()
     return config
 
 
 # ------------------------------------------------------------------------------------ loading configs
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """The config named by ``spec``: a path to a ``.py`` file, or the name of a bundled config
-    (``quickstart``, ``relu_mlp_mnist``, ... in ``andor_jax.configs``)."""
-    path = pathlib.Path(spec)
+    """The config named by ``spec``: a path to a ``.py`` file or the name of a bundled config (``quickstart``,
+    ``relu_mlp_mnist``, ... in ``andor_jax.configs``), optionally followed by ``:VARIANT`` (e.g.
+    ``quickstart:small``), which is passed to the file's ``get_config(arg)``."""
+    source, variant = split_variant(spec)
+    module = config_module(source)
+    return module.get_config(variant) if variant is not None else module.get_config()
+
+
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"quickstart:small"`` -> ``("quickstart", "small")``; ``"quickstart"`` -> ``("quickstart", None)``."""
+    source, colon, variant = spec.rpartition(":")
+    if colon and source and variant and not any(c in variant for c in "/\\."):
+        return source, variant
+    return spec, None
+
+
+def config_module(source: str):
+    """The module of a config file (a path) or of a bundled config (a name); it must define ``get_config``."""
+    path = pathlib.Path(source)
     if path.suffix == ".py" or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"config file {spec!r} does not exist")
+            raise FileNotFoundError(f"config file {source!r} does not exist")
         module_spec = importlib.util.spec_from_file_location(f"_andor_jax_config_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(f"andor_jax.configs.{spec}")
+            module = importlib.import_module(f"andor_jax.configs.{source}")
         except ModuleNotFoundError as err:
-            raise ValueError(f"no config named {spec!r}; bundled configs: {', '.join(bundled_configs())}, "
+            raise ValueError(f"no config named {source!r}; bundled configs: {', '.join(bundled_configs())}, "
                              f"or give a path to a .py file") from err
     if not hasattr(module, "get_config"):
-        raise ValueError(f"config {spec!r} defines no get_config()")
-    return module.get_config()
+        raise ValueError(f"config {source!r} defines no get_config()")
+    return module
+
+
+def variants(source: str) -> tuple[str, ...]:
+    """The variants a config file declares (its ``VARIANTS``, e.g. ``("small",)``)."""
+    return tuple(getattr(config_module(source), "VARIANTS", ()))
 
 
 def bundled_configs() -> list[str]:
@@ -83,7 +150,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     """Applies ``key.path=value`` overrides (from ``--config.key.path=value`` on the command line).
 
     Values are parsed as Python literals where possible (``3``, ``0.5``, ``(512, 512)``, ``True``), else
-    taken as strings.  An unknown key or a value of the wrong type is an error naming it.
+    taken as strings; a key whose value is a list takes a list in the syntax of `parse_list`
+    (``--config.evaluate.attacks=fgsm,pgd``, ``--config.evaluate.eps=0.1:0.3:0.1``).  An unknown key or a
+    value of the wrong type is an error naming it.
     """
     config = config.copy_and_resolve_references()
     for item in overrides:
@@ -98,7 +167,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             node = node[part]
         if leaf not in node:
             raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
-        value = parse_value(text)
+        value = parse_list(text) if isinstance(node[leaf], list) else parse_value(text)
         try:
             node[leaf] = value
         except TypeError as err:
@@ -120,18 +189,41 @@ def parse_value(text: str):
     return tuple(value) if isinstance(value, list) else value
 
 
-def parse_eps(text: str) -> list[float]:
-    """``0.05:0.5:0.05`` (start:stop:step, stop included) or ``0.1,0.3``; each value must be >= 0."""
+def parse_list(text: str) -> list:
+    """A list-valued key on the command line: a Python list literal (``[0.1, 0.3]``), ``start:stop:step``
+    (numbers, stop included: `eps_grid`), or comma-separated items each read by `parse_value`
+    (``fgsm,pgd``, ``0.1,0.3``); the empty string is the empty list."""
+    value = parse_value(text)
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    parts = text.split(":")
+    if len(parts) == 3:
+        try:
+            return eps_grid(*(float(p) for p in parts))
+        except ValueError:
+            pass
+    return [parse_value(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def eps_grid(start: float, stop: float, step: float) -> list[float]:
+    """``start, start + step, ..., stop`` (stop included), rounded to 10 decimals."""
+    if step <= 0:
+        raise ValueError("step must be positive")
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(count)]
+
+
+def parse_eps(text) -> list[float]:
+    """An eps grid: ``0.05:0.5:0.05`` (start:stop:step, stop included), ``0.1,0.3``, or already a list of
+    numbers (``evaluate.eps``); each value must be >= 0."""
     try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError("step must be positive")
-            count = int(round((stop - start) / step)) + 1
-            values = [round(start + i * step, 10) for i in range(count)]
+        if isinstance(text, (list, tuple)):
+            values = [float(v) for v in text]
+        elif ":" in text:
+            values = eps_grid(*(float(v) for v in text.split(":")))
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise ValueError(f"cannot read eps grid {text!r} (use start:stop:step or a,b,c): {err}") from err
     if not values or any(v < 0 for v in values):
         raise ValueError(f"eps grid {text!r} must list values >= 0")

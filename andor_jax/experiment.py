@@ -25,32 +25,48 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from andor_jax import checkpoint, data, models, train
+from andor_jax import checkpoint, data, models, objectives, train
 
 PyTree = Any
 
 
 class Experiment:
-    """A config made concrete: its data set, model, optimiser, projection and step function."""
+    """A config made concrete: its data set, model, optimiser, objective, projection and step function."""
 
     def __init__(self, config: ml_collections.ConfigDict, *, data_dir: str | None = None,
                  dataset: data.Dataset | None = None):
         self.config = config
         self.dataset = dataset if dataset is not None else load_data(config.data, data_dir)
-        self.model = models.build_model(config.model)  # also registers the families' objectives
+        self.model = models.build_model(config.model)
         self.optimizer = train.make_optimizer(config.train)
+        self.objective = objectives.get_objective(self.model, config.train, self.steps_per_epoch)
         self.projection = lambda params: models.project(self.model, params)
 
     @property
     def steps_per_epoch(self) -> int:
         return data.num_batches(len(self.dataset.x_train), self.config.train.batch_size, drop_remainder=True)
 
-    def objective(self) -> train.Objective:
-        return train.make_objective(self.model, self.config.train, self.steps_per_epoch)
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.steps_per_epoch
 
     def init_state(self) -> train.TrainState:
-        return train.init_state(self.model, self.optimizer, self.dataset.x_train[:1], self.config.seed,
-                                self.projection)
+        return train.init_state(self.model, self.optimizer, self.objective, self.dataset.x_train[:1],
+                                self.config.seed, self.projection)
+
+    def start_from(self, state: train.TrainState) -> train.TrainState:
+        """``state`` restarted from the variables of ``train.init_from`` (into ``train.init_from_into``)."""
+        tc = self.config.train
+        params, model_state = checkpoint.init_from(tc.init_from, state.params, state.model_state,
+                                                   into=tc.init_from_into)
+        return train.restart(state, params, model_state, self.optimizer, self.objective)
+
+    def train_step(self, parallel: train.DataParallel):
+        """The jitted step of this experiment's training (one compilation for the whole run)."""
+        return parallel.jit_step(train.make_train_step(
+            self.optimizer, self.objective, projection=self.projection,
+            rho_schedule=train.psd_mix_schedule(self.config.train, self.total_steps),
+            trainable=tuple(self.config.train.trainable)))
 
     def logits_fn(self, variables: PyTree, *, rho=None) -> Callable[[jax.Array], jax.Array]:
         """The trained network as a function of a batch (``rho`` = 1: pseudo-gradients in its backward)."""
@@ -116,31 +132,36 @@ def record_data(workdir: pathlib.Path, dataset: data.Dataset, *, resuming: bool)
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
         dataset: data.Dataset | None = None, stop_at_step: int | None = None,
         progress: bool = True) -> train.TrainState:
-    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if there is one (else starting
+    from ``train.init_from``'s variables when that is set).
 
+    At the start of every epoch the objective's ``on_epoch`` (if any) updates its state on the host.
     ``stop_at_step`` ends the run early (as an interruption would, after saving a checkpoint); running the
     same call again without it continues where it stopped.  Ctrl-C saves a checkpoint before exiting.
+    ``progress``: a bar per epoch on a terminal or in a notebook, and one line per epoch on stderr (all that
+    a log file or a pipe gets).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
     tc = config.train
     parallel = train.DataParallel.create(tc.num_devices, tc.batch_size)
-    state = parallel.replicate(experiment.init_state())
-    fingerprint = checkpoint.fingerprint(config.model, state)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every_steps=tc.checkpoint_every_steps,
                                    keep=tc.keep_checkpoints)
+    state = experiment.init_state()
+    if ckpt.latest_step is None and tc.init_from:
+        state = experiment.start_from(state)
+    state = parallel.replicate(state)
+    fingerprint = checkpoint.fingerprint(config.model, state)
     state = ckpt.restore_latest(state, fingerprint)
     record_data(workdir, experiment.dataset, resuming=int(state.step) > 0)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    steps_per_epoch = experiment.steps_per_epoch
-    total_steps = tc.epochs * steps_per_epoch
-    step_fn = parallel.jit_step(train.make_train_step(
-        experiment.optimizer, experiment.objective(), projection=experiment.projection,
-        rho_schedule=train.make_rho_schedule(tc, total_steps)))
+    steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
+    step_fn = experiment.train_step(parallel)
     evaluate_fn = jax.jit(lambda variables, x: experiment.model.apply(variables, x))
     ds = experiment.dataset
+    bars = progress and interactive(sys.stderr)
     step = int(state.step)
     if step:
         print(f"resuming from checkpoint at step {step} (epoch {step // steps_per_epoch + 1})", file=sys.stderr)
@@ -149,6 +170,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
             while step < total_steps and (stop_at_step is None or step < stop_at_step) and not stop.requested:
                 epoch, first_batch = divmod(step, steps_per_epoch)
                 started = time.time()
+                if first_batch == 0 and experiment.objective.on_epoch is not None:
+                    state = parallel.replicate(state._replace(objective_state=experiment.objective.on_epoch(
+                        state.params, state.model_state, state.objective_state, ds, epoch)))
                 last_step = min(total_steps if stop_at_step is None else stop_at_step, (epoch + 1) * steps_per_epoch)
                 batches = data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
                                        start_batch=first_batch)
@@ -157,7 +181,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                     parallel=parallel, checkpointer=ckpt, fingerprint=fingerprint, stop=stop, last_step=last_step,
                     log_every_steps=tc.log_every_steps,
                     bar=tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                             disable=not progress, leave=False, file=sys.stderr))
+                             disable=not bars, leave=False, file=sys.stderr))
                 if step % steps_per_epoch == 0:
                     ckpt.save(state, fingerprint, force=True)
                     record = {"epoch": epoch + 1, "step": step,
@@ -166,8 +190,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                     with open(workdir / "metrics.jsonl", "a") as log:
                         log.write(json.dumps(record) + "\n")
                     if progress:
-                        print(f"epoch {epoch + 1}: test accuracy {record['test_accuracy']:.4f} "
-                              f"({record['seconds']} s)", file=sys.stderr)
+                        print(epoch_line(record, tc.epochs), file=sys.stderr)
         finally:
             ckpt.save(state, fingerprint, force=True)
             ckpt.close()
@@ -176,6 +199,21 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
               f"run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt
     return state
+
+
+def interactive(stream) -> bool:
+    """Whether progress bars may redraw on ``stream``: a terminal, or a notebook (where `tqdm.auto` draws
+    a widget).  A log file or a pipe gets one line per epoch instead of a carriage return per step."""
+    in_notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+    return in_notebook or bool(getattr(stream, "isatty", lambda: False)())
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """``epoch 3/30: test accuracy 0.9712, train loss 0.0810, train accuracy 0.9755 (12.3 s)``."""
+    train_parts = [f"{key.replace('_', ' ')} {record[key]:.4f}" for key in ("train_loss", "train_accuracy")
+                   if key in record]
+    return (f"epoch {record['epoch']}/{epochs}: test accuracy {record['test_accuracy']:.4f}"
+            + "".join(f", {part}" for part in train_parts) + f" ({record['seconds']} s)")
 
 
 def run_epoch(step_fn, state: train.TrainState, step: int, batches, *, parallel: train.DataParallel,
@@ -198,7 +236,7 @@ def run_epoch(step_fn, state: train.TrainState, step: int, batches, *, parallel:
                 for key, value in fetched.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 fetched_steps += 1
-                bar.set_postfix(loss=f"{float(fetched['loss']):.4f}", acc=f"{float(fetched['accuracy']):.3f}")
+                bar.set_postfix({key: f"{float(fetched[key]):.4f}" for key in ("loss", "accuracy") if key in fetched})
             checkpointer.save(state, fingerprint)
             if finishing:
                 break

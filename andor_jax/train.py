@@ -1,20 +1,23 @@
 """One training engine for every architecture.
 
-`make_train_step` builds a single jit-compiled step ``(state, x, y) -> (state, metrics)`` out of four
+`make_train_step` builds a single jit-compiled step ``(state, x, y) -> (state, metrics)`` out of
 replaceable pieces:
 
-* an *objective*, which returns the gradients (the default differentiates a supervised loss; AND/OR
-  training mixes the gradients of two losses);
-* an optax optimiser, optionally preceded by gradient transformations (weight concentration, clipping);
+* an *objective* (`andor_jax.objectives`), which returns the update direction and carries its own state
+  (supervised gradients; AND/OR's mix of two losses; a local learning rule);
+* an optax optimiser, optionally preceded by gradient transformations (clipping, weight concentration) and
+  restricted to the trainable parameters (``train.trainable``: the rest is frozen);
 * a *projection* applied to the parameters after every update (MWD clipping, AND/OR L1 normalisation);
-* a schedule for ``rho``, the pseudo-gradient mixing of layers that have one (MWD units).
+* a schedule for the pseudo-gradient mix ``rho`` of layers that have one (MWD units), ``train.psd_mix``:
+  it is independent of the objective, which receives its traced value every step.
 
 Data parallelism: the state is replicated and the batch split over a ``'data'`` mesh axis of the local
 devices (`jax.sharding`); XLA inserts the gradient all-reduce.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import importlib
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,155 +26,118 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from andor_jax import models
+from andor_jax import objectives
+from andor_jax.objectives import losses
 
 PyTree = Any
-Objective = Callable[..., tuple[PyTree, PyTree, dict]]
 
 
 class TrainState(NamedTuple):
     """Everything a training run needs to continue: a pytree, so it is jit-, shard- and checkpoint-able.
 
-    ``model_state`` holds the non-parameter variable collections (e.g. ``batch_stats``); ``rng`` is a raw
-    ``uint32[2]`` key so that checkpoints stay plain arrays.
+    ``model_state`` holds the non-parameter variable collections (e.g. ``batch_stats``); ``objective_state``
+    the objective's own state (`andor_jax.objectives.Objective`); ``rng`` is a raw ``uint32[2]`` key so
+    that checkpoints stay plain arrays.
     """
 
     step: jax.Array
     params: PyTree
     model_state: PyTree
     opt_state: PyTree
+    objective_state: PyTree
     rng: jax.Array
-
-
-# ----------------------------------------------------------------------------------------------- losses
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy (log-softmax + NLL) over the batch."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def squared_error(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Squared error against one-hot targets, summed over classes and averaged over the batch (the loss of
-    the MWD paper and its sigmoid baseline)."""
-    targets = jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
-    return jnp.sum((outputs - targets) ** 2, axis=-1).mean()
-
-
-LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "cross_entropy": cross_entropy,
-    "squared_error": squared_error,
-}
-
-
-def get_loss(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name]
 
 
 # ------------------------------------------------------------------------------------------- optimisers
 
-GRADIENT_TRANSFORMS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransformation]] = {
-    "clip_by_global_norm": lambda config: optax.clip_by_global_norm(config.get("max_grad_norm", 1.0)),
+BUILTIN_GRADIENT_TRANSFORMS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransformation]] = {
+    "clip_by_global_norm": lambda config: optax.clip_by_global_norm(config.max_grad_norm),
 }
 
 
-def register_gradient_transform(name: str,
-                                factory: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]) -> None:
-    """Makes ``factory(train_config)`` usable as ``train.gradient_transforms = "name,..."`` in a config."""
-    GRADIENT_TRANSFORMS[name] = factory
+def gradient_transform(name: str, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The gradient transformation named ``name`` in ``train.gradient_transforms``, built from the train
+    config.  A name is either built in (`BUILTIN_GRADIENT_TRANSFORMS`: ``clip_by_global_norm``, which reads
+    ``train.max_grad_norm``) or ``"package.module:factory"``, imported on demand, where
+    ``factory(train_config) -> optax.GradientTransformation`` (e.g.
+    ``"andor_jax.objectives.andor:weight_concentration"``): nothing is registered by importing a module."""
+    if name in BUILTIN_GRADIENT_TRANSFORMS:
+        return BUILTIN_GRADIENT_TRANSFORMS[name](config)
+    module_name, colon, attribute = name.partition(":")
+    if not (colon and module_name and attribute):
+        raise ValueError(f"unknown gradient transform {name!r}; built in: {sorted(BUILTIN_GRADIENT_TRANSFORMS)}, "
+                         f"or give 'package.module:factory'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise ValueError(f"gradient transform {name!r} not found: {err}") from err
+    return factory(config)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The gradient transformations named in ``config.gradient_transforms`` (comma-separated, applied in
-    order), then the optimiser named by ``config.optimizer``."""
-    names = [n for n in config.get("gradient_transforms", "").split(",") if n]
-    unknown = [n for n in names if n not in GRADIENT_TRANSFORMS]
-    if unknown:
-        raise ValueError(f"unknown gradient transform(s) {unknown}; known: {sorted(GRADIENT_TRANSFORMS)}")
-    if not names:  # unwrapped, so the optimiser state keeps the plain optimiser's structure
-        return make_base_optimizer(config)
-    return optax.chain(*(GRADIENT_TRANSFORMS[n](config) for n in names), make_base_optimizer(config))
+    """The gradient transformations listed in ``config.gradient_transforms`` (applied in order), then the
+    optimiser named by ``config.optimizer``; with ``config.trainable`` set, all of it applies to the
+    trainable parameters only and the others get zero updates (``optax.set_to_zero``, no optimiser state)."""
+    transforms = [gradient_transform(name, config) for name in config.gradient_transforms]
+    # Unwrapped when there is nothing to chain, so the optimiser state keeps the plain optimiser's structure.
+    optimizer = optax.chain(*transforms, make_base_optimizer(config)) if transforms else make_base_optimizer(config)
+    if not config.trainable:
+        return optimizer
+    prefixes = tuple(config.trainable)
+    return optax.multi_transform({"trainable": optimizer, "frozen": optax.set_to_zero()},
+                                 lambda params: trainable_labels(params, prefixes))
 
 
 def make_base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The optax optimiser named by ``config.optimizer`` (adadelta, adam, radam, sgd) with
-    ``config.learning_rate`` and its own settings (``momentum`` and ``nesterov`` for sgd; ``rho`` and
-    ``eps`` for adadelta, defaulting to the 0.9 / 1e-6 of the MWD authors' PyTorch code)."""
+    ``config.learning_rate`` and its own settings: ``momentum`` (0 or None: none) and ``nesterov`` for sgd;
+    ``adadelta_rho`` and ``adadelta_eps`` for adadelta (0.9 / 1e-6 in the MWD authors' PyTorch code)."""
     name, lr = config.optimizer, config.learning_rate
     if name == "adadelta":
-        return optax.adadelta(lr, rho=config.get("rho_adadelta", 0.9), eps=config.get("eps", 1e-6))
+        return optax.adadelta(lr, rho=config.adadelta_rho, eps=config.adadelta_eps)
     if name == "adam":
         return optax.adam(lr)
     if name == "radam":
         return optax.radam(lr)
     if name == "sgd":
-        return optax.sgd(lr, momentum=config.get("momentum", None) or None, nesterov=config.get("nesterov", False))
+        return optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
     raise ValueError(f"unknown optimizer {name!r}; choose one of adadelta, adam, radam, sgd")
 
 
-def make_rho_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Pseudo-gradient mixing over training: constant ``config.rho`` (default 1: pure pseudo-gradients,
-    as the MWD paper trains), or a linear decay to ``config.rho_final`` over the run when that is set."""
-    start = float(config.get("rho", 1.0))
-    final = config.get("rho_final", None)
-    if final is None:
-        return optax.constant_schedule(start)
-    return optax.linear_schedule(start, float(final), max(total_steps, 1))
+def psd_mix_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """The pseudo-gradient mix ``rho`` over training: constant ``config.psd_mix`` (1: pure pseudo-gradients,
+    as the MWD paper trains; 0: true gradients), or a linear change to ``config.psd_mix_final`` over the run
+    when that is set.  The step evaluates it on its traced step counter: no recompilation."""
+    if config.psd_mix_final is None:
+        return optax.constant_schedule(float(config.psd_mix))
+    return optax.linear_schedule(float(config.psd_mix), float(config.psd_mix_final), max(total_steps, 1))
 
 
-# ----------------------------------------------------------------------------------------- objectives
+# ------------------------------------------------------------------------------------ trainable parameters
 
-def supervised_objective(model: models.Sequential, loss: Callable[[jax.Array, jax.Array], jax.Array]) -> Objective:
-    """The default objective: gradients of ``loss(model(x), y)``.
-
-    Returns ``objective(params, model_state, x, y, key, rho, step) -> (grads, new_model_state, metrics)``
-    (``rho`` the pseudo-gradient mixing and ``step`` the optimiser step, both traced).
-    """
-
-    def objective(params, model_state, x, y, key, rho, step):
-        def loss_fn(p):
-            outputs, new_state = apply_model(model, p, model_state, x, train=True, rho=rho, key=key)
-            return loss(outputs, y), (outputs, new_state)
-
-        (value, (outputs, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, new_state, {"loss": value, "accuracy": accuracy(outputs, y)}
-
-    return objective
+def path_names(path) -> tuple[str, ...]:
+    """A pytree key path as names: ``(DictKey('layers_0'), DictKey('kernel'))`` -> ``('layers_0', 'kernel')``."""
+    return tuple(str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))) for entry in path)
 
 
-ObjectiveFactory = Callable[[models.Sequential, ml_collections.ConfigDict, int], Objective]
-
-OBJECTIVES: dict[str, ObjectiveFactory] = {
-    "supervised": lambda model, config, steps_per_epoch: supervised_objective(model, get_loss(config.loss)),
-}
-
-
-def register_objective(name: str, factory: ObjectiveFactory) -> None:
-    """Makes ``factory(model, train_config, steps_per_epoch) -> objective`` usable as
-    ``train.objective = name`` (``steps_per_epoch`` lets an objective schedule by epochs)."""
-    OBJECTIVES[name] = factory
-
-
-def make_objective(model: models.Sequential, config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> Objective:
-    name = config.get("objective", "supervised")
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](model, config, steps_per_epoch)
+def trainable_labels(params: PyTree, prefixes: Sequence[str]) -> PyTree:
+    """``"trainable"`` for every parameter whose path (names joined by ``/``, e.g. ``purifier/layers_0/kernel``)
+    starts with one of ``prefixes`` (whole names: ``layers_1`` does not match ``layers_10``), else
+    ``"frozen"``.  A prefix that matches no parameter is a ValueError naming it."""
+    wanted = [tuple(p.strip("/").split("/")) for p in prefixes]
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [path_names(path) for path, _ in leaves]
+    unused = ["/".join(w) for w in wanted if not any(n[:len(w)] == w for n in names)]
+    if unused:
+        tops = sorted({n[0] for n in names if n})
+        raise ValueError(f"train.trainable prefix(es) {unused} match no parameter; top-level parameters: {tops}")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "trainable" if any(path_names(path)[:len(w)] == w for w in wanted) else "frozen", params)
 
 
-def apply_model(model: models.Sequential, params: PyTree, model_state: PyTree, x: jax.Array, *,
-                train: bool = False, rho=None, key: jax.Array | None = None):
-    """Forward pass that threads the non-parameter collections: returns ``(outputs, new_model_state)``."""
-    variables = {"params": params, **model_state}
-    rngs = {"dropout": key} if key is not None else None
-    if train and model_state:
-        return model.apply(variables, x, train=True, rho=rho, rngs=rngs, mutable=list(model_state))
-    return model.apply(variables, x, train=train, rho=rho, rngs=rngs), model_state
-
-
-def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(outputs, axis=-1) == labels)
+def keep_frozen(labels: PyTree, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where the label is ``"trainable"``, ``old`` (bit for bit) where it is ``"frozen"``."""
+    return jax.tree.map(lambda label, n, o: n if label == "trainable" else o, labels, new, old)
 
 
 # ----------------------------------------------------------------------------------------- the step
@@ -180,31 +146,46 @@ def identity_projection(params: PyTree) -> PyTree:
     return params
 
 
-def make_train_step(optimizer: optax.GradientTransformation, objective: Objective, *,
+def make_train_step(optimizer: optax.GradientTransformation, objective: objectives.Objective, *,
                     projection: Callable[[PyTree], PyTree] = identity_projection,
-                    rho_schedule: optax.Schedule = optax.constant_schedule(1.0)):
-    """Builds the (not yet jitted) step ``(state, x, y) -> (state, metrics)``."""
+                    rho_schedule: optax.Schedule = optax.constant_schedule(1.0),
+                    trainable: Sequence[str] = ()):
+    """Builds the (not yet jitted) step ``(state, x, y) -> (state, metrics)``: the objective's update
+    direction at ``rho = rho_schedule(step)``, the optimiser, the projection; parameters outside the
+    ``trainable`` prefixes (when given) keep their exact values.  Metrics: the objective's and ``psd_mix``."""
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array):
         rng, key = jax.random.split(state.rng)
         rho = rho_schedule(state.step)
-        grads, model_state, metrics = objective(state.params, state.model_state, x, y, key, rho, state.step)
+        grads, model_state, objective_state, metrics = objective.update(
+            state.params, state.model_state, state.objective_state, x, y, key, rho, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = projection(optax.apply_updates(state.params, updates))
-        new_state = TrainState(state.step + 1, params, model_state, opt_state, rng)
-        return new_state, {**metrics, "rho": rho}
+        if trainable:
+            params = keep_frozen(trainable_labels(state.params, trainable), params, state.params)
+        new_state = TrainState(state.step + 1, params, model_state, opt_state, objective_state, rng)
+        return new_state, {**metrics, "psd_mix": rho}
 
     return train_step
 
 
-def init_state(model: models.Sequential, optimizer: optax.GradientTransformation, sample_x: jax.Array, seed: int,
+def init_state(model, optimizer: optax.GradientTransformation, objective: objectives.Objective,
+               sample_x: jax.Array, seed: int,
                projection: Callable[[PyTree], PyTree] = identity_projection) -> TrainState:
-    """Initialises parameters (projected onto their constraint set) and the optimiser state."""
+    """Initialises parameters (projected onto their constraint set), the optimiser and objective states."""
     init_key, dropout_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-    variables = model.init({"params": init_key, "dropout": dropout_key}, sample_x)
-    variables = dict(variables)
+    variables = dict(model.init({"params": init_key, "dropout": dropout_key}, sample_x))
     params = projection(variables.pop("params"))
-    return TrainState(jnp.zeros((), jnp.int32), params, variables, optimizer.init(params), rng)
+    return restart(TrainState(jnp.zeros((), jnp.int32), params, variables, None, None, rng), params, variables,
+                   optimizer, objective)
+
+
+def restart(state: TrainState, params: PyTree, model_state: PyTree, optimizer: optax.GradientTransformation,
+            objective: objectives.Objective) -> TrainState:
+    """``state`` with new variables, and the optimiser and objective states initialised for them (how a run
+    starts from another run's parameters, ``train.init_from``)."""
+    return state._replace(params=params, model_state=model_state, opt_state=optimizer.init(params),
+                          objective_state=objective.init(params, model_state))
 
 
 # ---------------------------------------------------------------------------------------- sharding

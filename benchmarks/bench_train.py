@@ -17,7 +17,9 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from andor_jax import models, train  # noqa: E402
+from andor_jax import config as config_lib, models, train  # noqa: E402
+from andor_jax.objectives.losses import cross_entropy  # noqa: E402
+from andor_jax.objectives.supervised import supervised_objective  # noqa: E402
 from common import configure_torch_threads, interleaved_medians, write_json  # noqa: E402
 
 BATCH, HIDDEN, CLASSES, FEATURES = 100, (512, 512, 512), 10, 784
@@ -25,10 +27,10 @@ BATCH, HIDDEN, CLASSES, FEATURES = 100, (512, 512, 512), 10, 784
 
 def jax_epoch(x, y, steps: int):
     model = models.build_model(ml_collections.ConfigDict({"name": "mlp", "hidden": HIDDEN}))
-    optimizer = train.make_optimizer(ml_collections.ConfigDict({"optimizer": "adadelta", "learning_rate": 1.0}))
-    state = train.init_state(model, optimizer, x[:1], seed=0)
-    step = jax.jit(train.make_train_step(optimizer, train.supervised_objective(model, train.cross_entropy)),
-                   donate_argnums=0)
+    optimizer = train.make_optimizer(config_lib.base_config().train)  # AdaDelta lr 1, rho 0.9, eps 1e-6
+    objective = supervised_objective(model, cross_entropy)
+    state = train.init_state(model, optimizer, objective, x[:1], seed=0)
+    step = jax.jit(train.make_train_step(optimizer, objective), donate_argnums=0)
     batches = [(jax.device_put(x[i * BATCH:(i + 1) * BATCH]), jax.device_put(y[i * BATCH:(i + 1) * BATCH]))
                for i in range(steps)]
 

@@ -27,7 +27,7 @@ def get_config():
     config.model.scale = 1.0
     config.train.optimizer = "adam"
     config.train.learning_rate = 1e-3
-    config.train.gradient_transforms = ""
+    config.train.gradient_transforms = []
     config.train.andor.loss2_only_epochs = 0
     config.train.epochs = 30
     config.train.checkpoint_every_steps = 600

@@ -32,10 +32,10 @@ def get_config():
     config.train.loss = "cross_entropy"
     config.train.objective = "andor"
     config.train.andor = default_settings()
-    config.train.gradient_transforms = "weight_concentration"
+    config.train.gradient_transforms = ["weight_concentration"]
     config.train.optimizer = "sgd"
     config.train.learning_rate = 5e-4
     config.train.momentum = 0.9
     config.train.checkpoint_every_steps = 600
-    config.evaluate.eps = "0.05:0.3:0.05"
+    config.evaluate.eps = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     return config

@@ -12,7 +12,7 @@ def get_config():
     config.train.epochs = 3
     config.train.checkpoint_every_steps = 50
     config.train.log_every_steps = 5
-    config.evaluate.attacks = "fgsm,pgd"
-    config.evaluate.eps = "0.1:0.3:0.1"
+    config.evaluate.attacks = ["fgsm", "pgd"]
+    config.evaluate.eps = [0.1, 0.2, 0.3]
     config.evaluate.limit = 200
     return config

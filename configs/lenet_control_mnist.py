@@ -17,5 +17,5 @@ def get_config():
     config.train.optimizer = "sgd"
     config.train.learning_rate = 0.01
     config.train.momentum = 0.9
-    config.evaluate.eps = "0.05:0.3:0.05"
+    config.evaluate.eps = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     return config

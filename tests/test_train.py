@@ -1,4 +1,9 @@
-"""The training engine: losses, optimisers, determinism, resumption, data parallelism, projections."""
+"""The training engine: optimisers, determinism, resumption, data parallelism, projections, freezing,
+starting from another run, compilation count, progress output."""
+import contextlib
+import io
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,6 +13,8 @@ import pytest
 
 from andor_jax import checkpoint, config as config_lib, experiment, models, train
 from andor_jax.layers import Dense
+from andor_jax.objectives.losses import cross_entropy
+from andor_jax.objectives.supervised import supervised_objective
 
 
 def small_config(**train_overrides) -> ml_collections.ConfigDict:
@@ -29,20 +36,6 @@ def params_of(workdir, config, data_dir):
     return variables["params"]
 
 
-def test_squared_error_matches_hand_computation():
-    outputs = jnp.array([[0.2, 0.9], [0.6, 0.1]])
-    labels = jnp.array([1, 1])
-    # example 1: 0.2^2 + 0.1^2 = 0.05; example 2: 0.6^2 + 0.9^2 = 1.17
-    assert float(train.squared_error(outputs, labels)) == pytest.approx((0.05 + 1.17) / 2)
-
-
-def test_cross_entropy_is_mean_negative_log_softmax():
-    logits = jnp.array([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
-    labels = jnp.array([1, 2])
-    expected = -np.mean([jax.nn.log_softmax(logits[0])[1], np.log(1 / 3)])
-    assert float(train.cross_entropy(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
-
-
 @pytest.mark.parametrize("name", ["adadelta", "adam", "radam", "sgd"])
 def test_every_optimizer_reduces_the_loss(name):
     config = small_config(optimizer=name, learning_rate={"adadelta": 1.0, "sgd": 0.1}.get(name, 1e-2))
@@ -51,8 +44,9 @@ def test_every_optimizer_reduces_the_loss(name):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 10)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
-    state = train.init_state(model, optimizer, x[:1], seed=0)
-    step = jax.jit(train.make_train_step(optimizer, train.supervised_objective(model, train.cross_entropy)))
+    objective = supervised_objective(model, cross_entropy)
+    state = train.init_state(model, optimizer, objective, x[:1], seed=0)
+    step = jax.jit(train.make_train_step(optimizer, objective))
     losses = []
     for _ in range(60):  # RAdam's rectification keeps its first steps small
         state, metrics = step(state, x, y)
@@ -64,8 +58,9 @@ def test_unknown_optimizer_and_loss_are_clear_errors():
     config = small_config(optimizer="adagradx")
     with pytest.raises(ValueError, match="unknown optimizer 'adagradx'"):
         train.make_optimizer(config.train)
-    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        train.get_loss("hinge")
+    config = small_config(gradient_transforms=["clip_by_norm_typo"])
+    with pytest.raises(ValueError, match="unknown gradient transform 'clip_by_norm_typo'"):
+        train.make_optimizer(config.train)
 
 
 def test_projection_hook_runs_after_every_update():
@@ -74,18 +69,30 @@ def test_projection_hook_runs_after_every_update():
     clip = lambda params: jax.tree.map(lambda p: jnp.clip(p, -0.1, 0.1), params)  # noqa: E731
     x = np.ones((8, 4), np.float32)
     y = np.zeros(8, np.int32)
-    state = train.init_state(model, optimizer, x[:1], seed=0, projection=clip)
-    step = jax.jit(train.make_train_step(optimizer, train.supervised_objective(model, train.cross_entropy),
-                                         projection=clip))
+    objective = supervised_objective(model, cross_entropy)
+    state = train.init_state(model, optimizer, objective, x[:1], seed=0, projection=clip)
+    step = jax.jit(train.make_train_step(optimizer, objective, projection=clip))
     for _ in range(3):
         state, _ = step(state, x, y)
         assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(state.params)) <= 0.1 + 1e-7
 
 
-def test_rho_schedule_is_traced_not_recompiled():
-    config = small_config(rho=1.0, rho_final=0.0)
-    schedule = train.make_rho_schedule(config.train, total_steps=10)
-    assert float(schedule(0)) == 1.0 and float(schedule(5)) == pytest.approx(0.5) and float(schedule(10)) == 0.0
+def test_psd_mix_schedule_compiles_the_step_once(synthetic_mnist_dir):
+    """A schedule of the pseudo-gradient mix changes rho every step without recompiling the jitted step."""
+    config = small_config(psd_mix=1.0, psd_mix_final=0.0, batch_size=20, epochs=1)
+    config.model = config_lib.load_config("mwd_small_mnist:small").model
+    config.data.limit_train = 80
+    exp = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir))
+    parallel = train.DataParallel.create(1, config.train.batch_size)
+    step_fn = exp.train_step(parallel)
+    state = parallel.replicate(exp.init_state())
+    mixes = []
+    for index in range(4):
+        x, y = exp.dataset.x_train[20 * index: 20 * (index + 1)], exp.dataset.y_train[20 * index: 20 * (index + 1)]
+        state, metrics = step_fn(state, *parallel.shard_batch(x, y))
+        mixes.append(float(metrics["psd_mix"]))
+    assert mixes == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert step_fn._cache_size() == 1
 
 
 def test_training_is_deterministic_and_learns(tmp_path, synthetic_mnist_dir):
@@ -98,8 +105,6 @@ def test_training_is_deterministic_and_learns(tmp_path, synthetic_mnist_dir):
     log = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(log) == 2
     assert '"test_accuracy"' in log[-1]
-    import json
-
     assert json.loads(log[-1])["test_accuracy"] > 0.8  # the synthetic digits are easy
 
 
@@ -115,8 +120,6 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_mnist_dir, sto
     parts = params_of(tmp_path / "parts", config, synthetic_mnist_dir)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_array_equal(a, b)
-    import json
-
     for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)  # averages over the steps of the epoch that ran, also after a resume
         assert 0.0 <= record["train_accuracy"] <= 1.0 and record["train_loss"] > 0, record
@@ -175,3 +178,105 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, synthetic_mnis
     interrupted_at = int(found.group(1))
     steps = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
     assert interrupted_at >= 25 and interrupted_at in steps  # the step it stopped at is on disk
+
+
+# ------------------------------------------------------------------------------------- freezing, init_from
+
+def fresh_params(config, data_dir):
+    return experiment.Experiment(config, data_dir=str(data_dir)).init_state().params
+
+
+def test_frozen_parameters_stay_bit_identical(tmp_path, synthetic_mnist_dir):
+    config = small_config(epochs=1, trainable=["layers_3"])  # the output layer; the hidden layer is frozen
+    experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
+    before, after = fresh_params(config, synthetic_mnist_dir), params_of(tmp_path, config, synthetic_mnist_dir)
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(after["layers_1"][name], before["layers_1"][name])
+        assert not np.array_equal(after["layers_3"][name], before["layers_3"][name])
+
+
+def test_frozen_parameters_get_no_optimizer_state():
+    config = small_config(trainable=["layers_3"])
+    params = {"layers_1": {"kernel": jnp.ones((3, 2))}, "layers_3": {"kernel": jnp.ones((2, 2))}}
+    state = train.make_optimizer(config.train).init(params)
+    sizes = sum(leaf.size for leaf in jax.tree.leaves(state))
+    assert sizes == 2 * 4  # AdaDelta's two accumulators of layers_3 only
+
+
+def test_trainable_prefix_matches_whole_names_and_unknown_prefix_is_an_error():
+    params = {"layers_1": {"kernel": 0}, "layers_10": {"kernel": 0}, "purifier": {"layers_1": {"bias": 0}}}
+    labels = train.trainable_labels(params, ["layers_1", "purifier/layers_1"])
+    assert labels == {"layers_1": {"kernel": "trainable"}, "layers_10": {"kernel": "frozen"},
+                      "purifier": {"layers_1": {"bias": "trainable"}}}
+    with pytest.raises(ValueError, match=r"\['classifier'\] match no parameter.*'layers_1', 'layers_10', 'purifier'"):
+        train.trainable_labels(params, ["classifier"])
+
+
+def test_init_from_starts_from_the_other_runs_latest_parameters(tmp_path, synthetic_mnist_dir):
+    source = small_config(epochs=1)
+    experiment.fit(source, tmp_path / "source", data_dir=str(synthetic_mnist_dir), progress=False)
+    config = small_config(epochs=1, init_from=str(tmp_path / "source"), optimizer="sgd", learning_rate=0.0)
+    experiment.fit(config, tmp_path / "run", data_dir=str(synthetic_mnist_dir), progress=False)  # lr 0: no change
+    expected = params_of(tmp_path / "source", source, synthetic_mnist_dir)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(params_of(tmp_path / "run", config, synthetic_mnist_dir))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_into_a_sub_tree(tmp_path):
+    layer = {"kernel": jnp.full((4, 3), 2.0), "bias": jnp.full((3,), -1.0)}
+    ckpt = checkpoint.Checkpointer(tmp_path / "source" / "checkpoints")
+    saved = train.TrainState(jnp.zeros((), jnp.int32), layer, {}, {}, {}, jax.random.PRNGKey(0))
+    ckpt.save(saved, checkpoint.fingerprint(config_lib.base_config().model, saved), force=True)
+    ckpt.close()
+    params = {"layers_1": {"kernel": jnp.zeros((5, 4)), "bias": jnp.zeros(4)},
+              "layers_3": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
+    new_params, new_state = checkpoint.init_from(tmp_path / "source", params, {}, into="layers_3")
+    np.testing.assert_array_equal(new_params["layers_3"]["kernel"], layer["kernel"])
+    np.testing.assert_array_equal(new_params["layers_3"]["bias"], layer["bias"])
+    np.testing.assert_array_equal(new_params["layers_1"]["kernel"], params["layers_1"]["kernel"])
+    assert new_state == {}
+    with pytest.raises(ValueError, match="no parameter sub-tree 'classifier'"):
+        checkpoint.init_from(tmp_path / "source", params, {}, into="classifier")
+    with pytest.raises(ValueError, match=r"parameter params/layers_1/kernel has shape \(4, 3\) float32 in .* "
+                                         r"but \(5, 4\) float32"):
+        checkpoint.init_from(tmp_path / "source", {"layers_1": {"kernel": jnp.zeros((5, 4)), "bias": jnp.zeros(3)}},
+                             {}, into="layers_1")
+
+
+def test_init_from_errors_name_the_problem(tmp_path, synthetic_mnist_dir):
+    source = small_config(epochs=1)
+    experiment.fit(source, tmp_path / "source", data_dir=str(synthetic_mnist_dir), progress=False)
+    data_dir = str(synthetic_mnist_dir)
+    missing = small_config(init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="nowhere is not a work directory with checkpoints"):
+        experiment.fit(missing, tmp_path / "a", data_dir=data_dir, progress=False)
+    deeper = small_config(init_from=str(tmp_path / "source"))
+    deeper.model.hidden = (32, 32)  # another architecture: one more dense layer
+    with pytest.raises(ValueError, match="checkpoint in .* has no parameter params/layers_5/bias"):
+        experiment.fit(deeper, tmp_path / "b", data_dir=data_dir, progress=False)
+    wider = small_config(init_from=str(tmp_path / "source"))
+    wider.model.hidden = (16,)
+    with pytest.raises(ValueError, match=r"parameter params/layers_1/bias has shape \(32,\) float32 in .* "
+                                         r"but \(16,\) float32 in this model"):
+        experiment.fit(wider, tmp_path / "c", data_dir=data_dir, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- logs
+
+def test_progress_to_a_file_is_one_line_per_epoch(tmp_path, synthetic_mnist_dir):
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream):
+        experiment.fit(small_config(), tmp_path, data_dir=str(synthetic_mnist_dir), progress=True)
+    text = stream.getvalue()
+    assert "\r" not in text
+    epoch_lines = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "train loss" in epoch_lines[0] and "test accuracy" in epoch_lines[0]
+
+
+def test_progress_bars_only_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert experiment.interactive(Terminal()) and not experiment.interactive(io.StringIO())

@@ -66,3 +66,53 @@ def test_plot_writes_a_figure(tmp_path):
     spectrum.plot(records, tmp_path / "spectra.png")
     assert (tmp_path / "spectra.png").stat().st_size > 1000
     assert abs(records[1]["alpha"] - 2.0) < 1e-9
+
+
+# ----------------------------------------------------------------------- the spectral regulariser
+
+def test_penalty_is_zero_on_the_target_and_its_gradient_points_toward_it():
+    from andor_jax.objectives import spectral
+
+    n = jnp.arange(60, dtype=jnp.float32)
+    target = 0.7 * (11.0 / (n + 1)) ** 1.0  # lambda_tau = 0.7 at tau = 10, alpha = 1
+    settings = dict(alpha=1.0, tau=10, beta=2.0)
+    assert float(spectral.penalty(target, **settings)) == pytest.approx(0.0, abs=1e-6)
+    off = target * (1 + 0.3 * jnp.sin(n))  # above the target at some n, below at others; lambda_10 moved too
+    value, grad = jax.value_and_grad(lambda s: spectral.penalty(s, **settings))(off)
+    gamma = spectral.targets(off, 1.0, 10)
+    assert float(value) > 0
+    beyond = np.arange(60) > 10
+    assert np.all(np.sign(grad)[beyond] == np.sign(off - gamma)[beyond])  # descent moves lambda_n toward gamma_n
+    assert np.all(np.asarray(grad)[~beyond] == 0)  # the head (and the anchor) are free
+    assert float(spectral.penalty(off - 1e-3 * grad, **settings)) < float(value)
+    # overshooting the target costs more than undershooting it by as much (the relu term)
+    above = target.at[30].multiply(1.2)
+    below = target.at[30].multiply(0.8)
+    assert float(spectral.penalty(above, **settings)) > float(spectral.penalty(below, **settings)) > 0
+    # Holzhausen et al.'s variant: gamma_n = (n + 1)^-alpha without the anchor
+    assert float(spectral.penalty((n + 1) ** -1.5, alpha=1.5, tau=1, beta=1.0, anchored=False)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batch_eigenvalues_in_the_eigenbasis_are_the_spectrum():
+    from andor_jax.objectives import spectral
+
+    n = np.arange(1, 31, dtype=np.float64)
+    x = data_with_spectrum(n ** -1.2, count=400)
+    basis = spectral.eigenbasis(spectrum.covariance([x]))
+    np.testing.assert_allclose(spectral.batch_eigenvalues(jnp.asarray(x), jnp.asarray(basis)), n ** -1.2, rtol=1e-3)
+
+
+def test_spectral_objective_trains_through_the_engine(tmp_path, synthetic_mnist_dir):
+    import json
+
+    from andor_jax import config as config_lib, experiment
+
+    config = config_lib.load_config("specreg_2000_mnist:small")
+    state = experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
+    basis = np.asarray(state.objective_state["basis"])
+    assert basis.shape == (64, 64) and not np.allclose(basis, np.eye(64))  # set by on_epoch
+    np.testing.assert_allclose(basis.T @ basis, np.eye(64), atol=1e-4)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[-1]["train_spectral_penalty"] > 0
+    assert records[-1]["train_loss"] == pytest.approx(records[-1]["train_task_loss"]
+                                                      + records[-1]["train_spectral_penalty"], rel=1e-4)

@@ -1,90 +1,217 @@
-"""Evaluating a trained work directory: clean accuracy, the attack suite, certified accuracy, the report.
+"""Evaluating a trained work directory: the attack suite and certified accuracy on a set of test examples,
+written as a report.
 
 The numbers bracket the truth from both sides: attacks give upper bounds on robust accuracy (the
-per-example worst case over every attack run), interval bound propagation gives lower bounds
-(certified accuracy).
+per-example worst case over every attack run, `andor_jax.evaluators.robustness`), interval bound
+propagation gives lower bounds (certified accuracy, `andor_jax.evaluators.certify`).  This module turns any
+model of the model protocol (`andor_jax.models`) into the functions the evaluators need, runs them, and
+enters their results into the work directory's report (`andor_jax.report`) under the exact example set
+they were computed on.
 """
 from __future__ import annotations
 
+import datetime
 import pathlib
+import sys
+from typing import Callable, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
+import andor_jax
 from andor_jax import experiment as experiment_lib
-from andor_jax.config import parse_eps
+from andor_jax import models
 from andor_jax import report as report_lib
-
-
-def _test_split(experiment: experiment_lib.Experiment, limit: int | None):
-    ds = experiment.dataset
-    count = len(ds.x_test) if not limit else min(limit, len(ds.x_test))
-    return np.asarray(ds.x_test[:count]), np.asarray(ds.y_test[:count])
-
+from andor_jax.evaluators import certify as certify_lib
+from andor_jax.evaluators import examples as examples_lib
+from andor_jax.evaluators import robustness
 
 PROGRESS_FILE = "report_progress.npz"  # the attacked chunks of an unfinished evaluation (resumed on the next call)
 OUTCOMES_FILE = "report_outcomes.npz"  # the same file once the evaluation is complete: every example's outcome
+ANDNESS_EXAMPLES = 1000  # test examples for the EDS / SDS statistics of the AND-ness summary
 
 
-def evaluate(workdir, *, data_dir=None, attacks: str | None = None, eps: list[float] | None = None,
+class Target(NamedTuple):
+    """A model as `robustness.run` takes it (see `andor_jax.evaluators.robustness`): the judging forward,
+    what the attacks query and differentiate, and how randomness is handled (None: deterministic)."""
+
+    logits_fn: Callable
+    attack_logits_fn: Callable | None
+    gradient_logits_fns: dict[str, Callable]
+    randomness: robustness.Randomness | None
+
+
+def _sub_network(model, variables, name: str):
+    """The sub-network ``name`` of ``model`` (a field of the module) and its variables (``variables[c][name]``
+    for every collection)."""
+    if name not in models.submodels(model):
+        raise ValueError(f"evaluate.attack_model {name!r} is not a sub-network of {type(model).__name__} "
+                         f"(its sub-networks: {list(models.submodels(model)) or 'none'})")
+    return getattr(model, name), {collection: tree[name] for collection, tree in variables.items() if name in tree}
+
+
+def target_of(model, variables, *, tags: Sequence[str], attack_model: str = "", eot_draws: int = 0,
+              verdict_draws: int = 10, randomness: str = "fresh") -> Target:
+    """The functions of ``model`` that an evaluation needs, through `models.logits`.
+
+    Args:
+      model, variables: the trained model.
+      tags: the gradient modes the attacks use (``'psd'`` of ``'pgd[psd]'``); each must be a mode of the
+        attacked network (ValueError naming its modes otherwise).
+      attack_model: ``''`` attacks the whole model; a sub-network's name attacks it alone (transfer), the
+        whole model still judging.
+      eot_draws: draws per attack query for a randomised attacked network; 0: `Randomness`'s default.
+      verdict_draws: forward passes judging each point, for a randomised model.
+      randomness: ``'fresh'`` or ``'fixed'`` (`Randomness.mode`).
+    """
+    attacked, attacked_variables = (model, variables) if not attack_model else _sub_network(model, variables,
+                                                                                            attack_model)
+    modes = models.gradient_modes(attacked)
+    for tag in tags:
+        if tag not in modes:
+            raise ValueError(f"the attacks ask for the gradient mode {tag!r}, which {type(attacked).__name__} "
+                             f"does not have (its gradient modes: {', '.join(modes)}); "
+                             + ("--psd and [psd] need a model with pseudo-gradients (MWD layers)" if tag == "psd"
+                                else "name one of its modes"))
+    whole_random, attacked_random = models.randomised(model), models.randomised(attacked)
+    if attacked_random and not whole_random:
+        raise ValueError(f"the sub-network {attack_model!r} is randomised but the whole model is not")
+    if not whole_random:
+        def forward(m, v, gradient=None):
+            return lambda x: models.logits(m, v, x, gradient=gradient)
+        gradients = {tag: forward(attacked, attacked_variables, tag) for tag in tags}
+        return Target(forward(model, variables), forward(attacked, attacked_variables) if attack_model else None,
+                      gradients, None)
+
+    def forward(m, v, gradient=None):
+        if models.randomised(m):
+            return lambda x, key: models.logits(m, v, x, key=key, gradient=gradient)
+        return lambda x, key: models.logits(m, v, x, gradient=gradient)  # a deterministic sub-network
+
+    draws = (eot_draws or robustness.Randomness().eot_draws) if attacked_random else 1
+    return Target(forward(model, variables), forward(attacked, attacked_variables) if attack_model else None,
+                  {tag: forward(attacked, attacked_variables, tag) for tag in tags},
+                  robustness.Randomness(draws, verdict_draws, randomness))
+
+
+def _names(attacks) -> list[str]:
+    """Attack names from a list or a comma-separated string (the command line's syntax)."""
+    return [a.strip() for a in (attacks.split(",") if isinstance(attacks, str) else attacks) if a.strip()]
+
+
+def _checkpoint_step(workdir: pathlib.Path) -> int | None:
+    from andor_jax import checkpoint
+
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints")
+    try:
+        return checkpointer.latest_step
+    finally:
+        checkpointer.close()
+
+
+def header_of(experiment, variables, workdir: pathlib.Path) -> dict:
+    """What a report describes: the model (config name, architecture and its settings, checkpoint step,
+    parameter digest), the data set and its source (with the embedded sample's warning), the library
+    version and the date."""
+    config, dataset = experiment.config, experiment.dataset
+    settings = config.model.to_dict()
+    architecture = settings.pop("name")
+    provenance = getattr(dataset, "provenance", None)
+    data = {"dataset": config.data.dataset, "source": dataset.source,
+            "kind": provenance.source if provenance else None,
+            "directory": provenance.directory if provenance else None,
+            "digest": provenance.digest if provenance else None, "domain": list(config.data.domain),
+            "warning": dataset.notice if (provenance and provenance.source == "embedded") or
+            "embedded" in dataset.source else None}
+    return {"model": {"config": config.get("name") or "unrecorded (no name in config.json)", "architecture": architecture,
+                      "settings": settings, "checkpoint_step": _checkpoint_step(workdir),
+                      "digest": examples_lib.digest(variables), "randomised": models.randomised(experiment.model)},
+            "data": data, "library": f"andor_jax {andor_jax.__version__}",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _enter(output_dir: pathlib.Path, header: dict, entries: list[tuple[dict, dict]], command: str):
+    """Merges ``entries`` ((examples, results) pairs) into the report of ``output_dir`` and writes it; the
+    notes of what was kept apart go to stderr."""
+    report = report_lib.read_report(output_dir / "report.json")
+    for examples, results in entries:
+        report, notes = report_lib.merge(report, header, examples, results)
+        for note in notes:
+            print(f"andor-jax {command}: {note}", file=sys.stderr)
+    return report_lib.write_report(report, output_dir)
+
+
+def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = None, eps: list[float] | None = None,
              limit: int | None = None, certify: bool = False, pseudo_gradient_attacks: bool = False,
-             progress: bool = True, output_dir=None,
-             attack_settings: dict[str, dict] | None = None) -> dict[str, pathlib.Path]:
+             progress: bool = True, output_dir=None, attack_settings: dict[str, dict] | None = None,
+             eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
+             attack_model: str | None = None, batch_size: int | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
-    there (or in ``output_dir``).  Unset arguments come from the run's ``evaluate`` config block.
+    there (or in ``output_dir``).  Every argument named like a key of the run's ``evaluate`` config block
+    defaults to it (the command line's ``--config.evaluate.KEY=VALUE`` sets it).  ``eot_draws`` and
+    ``verdict_draws`` given for a deterministic model are an error (they would mean nothing).
 
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
     The file then becomes `OUTCOMES_FILE`: per example, ``clean`` (classified correctly) and ``LABEL@EPS``
-    (still correct under that attack), so that evaluations of the same inputs can be merged per example.
+    (still correct under that attack).
     """
+    workdir = pathlib.Path(workdir)
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
     settings = experiment.config.evaluate
-    attack_names = [a for a in (settings.attacks if attacks is None else attacks).split(",") if a]
-    eps_grid = eps if eps is not None else parse_eps(settings.eps)
-    x, y = _test_split(experiment, settings.limit if limit is None else limit)
+    model = experiment.model
+    attack_names = _names(settings.attacks if attacks is None else attacks)
+    eps_grid = list(eps if eps is not None else settings.eps)
+    double_with_psd = pseudo_gradient_attacks or settings.pseudo_gradient_attacks
+    tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in attack_names) if tag}
+                  | ({"psd"} if double_with_psd else set()))
+    if not models.randomised(model) and (eot_draws or verdict_draws):
+        raise ValueError(f"--eot and --verdict-draws apply to randomised models; {type(model).__name__} is "
+                         "deterministic")
+    attack_model = settings.attack_model if attack_model is None else attack_model
+    target = target_of(model, variables, tags=tags, attack_model=attack_model,
+                       eot_draws=settings.eot_draws if eot_draws is None else eot_draws,
+                       verdict_draws=settings.verdict_draws if verdict_draws is None else verdict_draws,
+                       randomness=settings.randomness if randomness is None else randomness)
+    ds = experiment.dataset
+    x, y, examples = examples_lib.first_examples(ds.x_test, ds.y_test, settings.limit if limit is None else limit)
     domain = tuple(experiment.config.data.domain)
-    logits_fn = jax.jit(experiment.logits_fn(variables, rho=0.0))
     output_dir = pathlib.Path(output_dir or workdir)
-    double_with_psd = pseudo_gradient_attacks or settings.get("pseudo_gradient_attacks", False)
-    psd = double_with_psd or any(report_lib.split_label(label)[1] == "psd" for label in attack_names)
-    result = report_lib.robustness_report(
-        logits_fn, x, y, attacks=attack_names, eps_grid=eps_grid, domain=domain,
-        key=jax.random.PRNGKey(experiment.config.seed), batch_size=settings.batch_size,
-        gradient_logits_fns={"psd": experiment.logits_fn(variables, rho=1.0)} if psd else None,
-        doubled_tags=["psd"] if double_with_psd else [],
+    outcomes = robustness.run(
+        jax.jit(target.logits_fn), x, y, attacks=attack_names, eps_grid=eps_grid, domain=domain,
+        key=jax.random.PRNGKey(experiment.config.seed),
+        batch_size=settings.batch_size if batch_size is None else batch_size,
+        gradient_logits_fns=target.gradient_logits_fns, doubled_tags=["psd"] if double_with_psd else [],
         overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress,
-        progress_path=output_dir / PROGRESS_FILE, model_digest=report_lib.digest(variables))
-    result["model"] = experiment.config.model.to_dict()
-    result["data"] = {"dataset": experiment.config.data.dataset, "source": experiment.dataset.source,
-                      "domain": list(domain)}
-    if certify or settings.get("certify", False):
-        result.update(_certified(experiment, variables, x, y, eps_grid))
+        progress_path=output_dir / PROGRESS_FILE, model_digest=examples_lib.digest(variables),
+        randomness=target.randomness,
+        attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
+        attack_model=attack_model)
+    results = {"robustness": report_lib.robustness_summary(outcomes)}
+    if certify or settings.certify:
+        results["certified"] = certify_lib.run(model, variables, x, y, eps_grid, domain=domain)
+    entries = [(examples, results)]
     if experiment.config.train.get("objective") == "andor":
-        result["andness"] = _andness(experiment, variables, x, output_dir)
-    paths = report_lib.write_report(result, output_dir)
+        andness_x, andness_y, andness_examples = examples_lib.first_examples(x, y, ANDNESS_EXAMPLES)
+        entries.append((andness_examples, {"andness": _andness(experiment, variables, andness_x, output_dir)}))
+    paths = _enter(output_dir, header_of(experiment, variables, workdir), entries, "evaluate")
     (output_dir / PROGRESS_FILE).replace(output_dir / OUTCOMES_FILE)
     return paths
 
 
-ANDNESS_EXAMPLES = 1000  # test examples for the EDS / SDS statistics of the AND-ness summary
-
-
-def _andness(experiment, variables, x, output_dir: pathlib.Path) -> dict:
+def _andness(experiment, variables, inputs, output_dir: pathlib.Path) -> dict:
     """The per-layer hyper-saturation summary of an AND/OR-trained network (`diagnostics.andness_summary`,
-    one type-B scramble of the first `ANDNESS_EXAMPLES` test inputs) and its nics histograms (the paper's
-    Figure 7) as ``nics_histograms.png``."""
+    one type-B scramble of ``inputs``) and its nics histograms (the paper's Figure 7) as
+    ``nics_histograms.png``."""
     from andor_jax import diagnostics
     from andor_jax.andor_training import settings_of
 
     andor = settings_of(experiment.config.train)
-    inputs = x[:ANDNESS_EXAMPLES]
     samples = diagnostics.nics_samples(experiment.model, variables, inputs, jax.random.PRNGKey(experiment.config.seed),
                                        kind=andor.scramble, unit=andor.unit)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = diagnostics.plot_nics_histograms(experiment.model, samples, output_dir / "nics_histograms.png")
-    return {**diagnostics.andness_summary(experiment.model, samples), "n_examples": len(inputs),
-            "scramble": andor.scramble, "histograms": path.name}
+    return {**diagnostics.andness_summary(experiment.model, samples), "scramble": andor.scramble,
+            "histograms": path.name}
 
 
 def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dict]:
@@ -95,19 +222,16 @@ def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dic
     return merged
 
 
-def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None, output_dir=None):
-    """Certified accuracy only (interval bound propagation), merged into the work directory's report."""
+def certify(workdir, *, data_dir=None, eps: list[float] | None = None, limit: int | None = None,
+            output_dir=None) -> dict[str, pathlib.Path]:
+    """Certified accuracy (interval bound propagation) of the first ``limit`` test examples (0 or None: all),
+    entered into the work directory's report under its example set: combined with attack results only when
+    those were computed on exactly the same examples, otherwise a section of its own (a note says so)."""
+    workdir = pathlib.Path(workdir)
     experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
-    eps_grid = eps if eps is not None else parse_eps(experiment.config.evaluate.eps)
-    x, y = _test_split(experiment, limit if limit is not None else 0)
-    result = {"n_examples": int(len(x))}
-    result.update(_certified(experiment, variables, x, y, eps_grid))
-    return report_lib.write_report(result, output_dir or workdir)
-
-
-def _certified(experiment, variables, x, y, eps_grid) -> dict:
-    from andor_jax import bounds
-
-    domain = tuple(experiment.config.data.domain)
-    accuracy = bounds.certified_accuracy(experiment.model, variables, x, y, eps_grid, domain=domain)
-    return {"certified_accuracy": {report_lib.eps_key(e): a for e, a in accuracy.items()}}
+    eps_grid = list(eps if eps is not None else experiment.config.evaluate.eps)
+    ds = experiment.dataset
+    x, y, examples = examples_lib.first_examples(ds.x_test, ds.y_test, limit or 0)
+    result = certify_lib.run(experiment.model, variables, x, y, eps_grid, domain=tuple(experiment.config.data.domain))
+    return _enter(pathlib.Path(output_dir or workdir), header_of(experiment, variables, workdir),
+                  [(examples, {"certified": result})], "certify")

@@ -1,289 +1,64 @@
-"""The robustness report: accuracy under every attack on an eps grid, the per-example worst case, the threat
-model and every hyperparameter, and the sanity checks of an honest evaluation.
+"""Presenting evaluations: a report is a JSON document, and everything here is a pure function of it (the
+markdown, the plot) or of per-example outcomes (the summaries), apart from `write_report`.
 
-The checks follow Carlini et al. 2019 ("On evaluating adversarial robustness") and Tramer et al. 2020 ("On
-adaptive attacks to adversarial example defenses"): accuracy must not rise with eps; iterative attacks must
-be at least as strong as single-step ones; at a large enough eps accuracy must reach chance; and a
+A report holds a ``header`` (which model, data, checkpoint and library version it describes, and when it
+was written) and one entry per example set (`andor_jax.evaluators.examples`) under ``example_sets``.  Each
+entry carries its exact example set (count and digests) and the results computed on it: ``robustness``
+(the attack suite), ``certified`` (interval bound propagation), ``andness``.  Numbers of different example
+sets are never combined: a gap between certified and robust accuracy is computed only within one set, and
+a certification on other examples than the attacks becomes its own entry (`merge`).
+
+The sanity checks follow Carlini et al. 2019 ("On evaluating adversarial robustness") and Tramer et al. 2020
+("On adaptive attacks to adversarial example defenses"): accuracy must not rise with eps; iterative attacks
+must be at least as strong as single-step ones; at a large enough eps accuracy must reach chance; and a
 gradient-free attack beating the gradient attacks means the gradients are masked.
-
-`robustness_report` computes the report (a JSON-able dict); `write_report` writes ``report.json`` (merged
-into an existing one, so that e.g. ``certified_accuracy`` from the certifier survives), ``report.md``
-(`format_markdown`) and ``robustness.png`` (`plot_report`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
-from andor_jax.attacks import common, registry
-from andor_jax.attacks.pgd import STEP_SIZE_FACTOR
-
-LogitsFn = Callable[[jax.Array], jax.Array]
+from andor_jax.evaluators.robustness import Outcomes, eps_key
 
 MASKING_MARGIN = 0.01       # a gradient-free attack ahead of every gradient attack by more flags masking
 CHANCE_CEILING = 0.2        # robust accuracy allowed at the largest eps when that eps is half the domain,
 CHANCE_EPS_FRACTION = 0.5   # i.e. eps >= 0.5 (hi - lo), e.g. 0.5 on [0, 1] (L-inf)
-
-
-def eps_key(eps: float) -> str:
-    """The string under which an eps is stored in a report: ``0.3 -> "0.3"``, ``0.1 + 0.2 -> "0.3"``."""
-    return f"{float(eps):g}"
+RESULT_KINDS = ("robustness", "certified", "andness")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Computing the report.
+# Summaries of per-example outcomes.
 
-def split_label(label: str) -> tuple[str, str | None]:
-    """``'pgd[psd]' -> ('pgd', 'psd')``, ``'pgd' -> ('pgd', None)``."""
-    if label.endswith("]") and "[" in label:
-        name, tag = label[:-1].split("[", 1)
-        return name, tag
-    return label, None
-
-
-def _runs(attacks: Sequence[str], gradient_logits_fns: Mapping[str, LogitsFn],
-          doubled_tags: Sequence[str]) -> list[tuple[str, str, str | None]]:
-    """``(label, attack name, gradient tag)`` for every entry of ``attacks`` (``'pgd[psd]'`` runs PGD on the
-    ``'psd'`` gradient only), plus ``name[tag]`` for every plain gradient attack and every tag of
-    ``doubled_tags`` (unless listed already)."""
-    runs = [(label, *split_label(label)) for label in attacks]
-    for tag in doubled_tags:
-        runs += [(f"{name}[{tag}]", name, tag) for name in attacks
-                 if "[" not in name and registry.get_spec(name).uses_gradients and f"{name}[{tag}]" not in attacks]
-    return runs
-
-
-def _settings_record(name: str, settings: Mapping, tag: str | None) -> dict:
-    """Everything about one run, JSON-able: the attack, its threat model and every setting."""
-    spec = registry.get_spec(name)
-    record = {"attack": name, "description": spec.description, "norm": settings.get("norm", spec.norm),
-              "kind": spec.kind, "gradient": "none" if not spec.uses_gradients else (tag or "true"),
-              **settings}
-    if "step_size" in record and record["step_size"] is None:  # PGD's default is relative to eps
-        record["step_size"] = f"{STEP_SIZE_FACTOR} * eps / steps" if record["step_rule"] == "sign" else 1.0
-    return record
-
-
-def _validate(logits_fn, x, y, attacks, eps_grid, domain, batch_size, gradient_logits_fns, overrides):
-    """Every error a caller can make, raised before any attack runs."""
-    if not attacks:
-        raise ValueError("attacks must name at least one attack; known: " + ", ".join(sorted(registry.ATTACKS)))
-    if len(set(attacks)) != len(attacks):
-        raise ValueError(f"attacks contains duplicates: {list(attacks)}")
-    if not eps_grid:
-        raise ValueError("eps_grid must hold at least one eps")
-    keys = [eps_key(eps) for eps in eps_grid]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"eps_grid holds values that coincide once formatted: {keys}")
-    common.check_positive_int("batch_size", batch_size)
-    for tag, fn in gradient_logits_fns.items():
-        if not isinstance(tag, str) or not tag or any(c in tag for c in "[]") or not callable(fn):
-            raise ValueError(f"gradient_logits_fns must map plain names to callables, got {tag!r}: {fn!r}")
-    for label in attacks:
-        name, tag = split_label(label)
-        if tag is not None and tag not in gradient_logits_fns:
-            raise ValueError(f"attack {label!r} differentiates {tag!r}, which is not among the gradient functions "
-                             f"given ({sorted(gradient_logits_fns)}); for [psd], pass --psd or use an MWD model")
-        if tag is not None and not registry.get_spec(name).uses_gradients:
-            raise ValueError(f"attack {label!r}: {name!r} is gradient-free and takes no gradient tag")
-    for name in overrides:
-        registry.get_spec(name)  # a typo in an override's attack name is an error, not a silent no-op
-    domain = common.check_domain(domain)
-    common.check_batch(x, y, domain)
-    if len(y) == 0:
-        raise ValueError("x and y hold no examples")
-    num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x[:1].shape, x.dtype)).shape[-1]
-    common.check_labels(y, num_classes)
-    names = list(dict.fromkeys(split_label(label)[0] for label in attacks))
-    settings = {name: registry.settings_of(name, **overrides.get(name, {})) for name in names}
-    for name in names:
-        norm = settings[name].get("norm", registry.get_spec(name).norm)
-        for eps in eps_grid:
-            common.check_eps(eps, domain, norm, x.shape[1:])
-    return domain, settings
-
-
-def _batches(n: int, batch_size: int):
-    """``(start, stop)`` of every chunk of at most ``batch_size`` examples."""
-    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-
-
-def _padded(array: np.ndarray, size: int) -> np.ndarray:
-    """``array`` with its first row repeated up to ``size`` rows, so that every chunk has one shape and each
-    attack compiles once (the padding's results are dropped)."""
-    return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)]) if len(array) < size else array
-
-
-class ChunkProgress:
-    """The per-example outcomes of the chunks attacked so far, saved to ``path`` (``.npz``) after every chunk,
-    so that an interrupted evaluation resumes at the first chunk not done.  A file written for other inputs,
-    attacks, settings or key (``fingerprint``) is refused rather than mixed in."""
-
-    def __init__(self, path: str | os.PathLike | None, fingerprint: str, arrays: dict[str, np.ndarray]):
-        self.path = None if path is None else Path(path)
-        self.fingerprint = fingerprint
-        self.arrays = arrays
-        self.chunks_done = 0
-        if self.path is not None and self.path.exists():
-            with np.load(self.path, allow_pickle=False) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    raise ValueError(f"{self.path} holds the progress of a different evaluation (other inputs, "
-                                     "attacks, settings or key); delete it to start afresh")
-                self.chunks_done = int(saved["chunks_done"])
-                for name in arrays:
-                    arrays[name][...] = saved[name]
-
-    def save(self, chunks_done: int) -> None:
-        self.chunks_done = chunks_done
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(temporary, fingerprint=self.fingerprint, chunks_done=chunks_done, **self.arrays)
-        temporary.replace(self.path)
-
-
-def digest(tree) -> str:
-    """A SHA-256 digest of the arrays of a pytree (e.g. a model's variables, or inputs and labels)."""
-    hasher = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        hasher.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return hasher.hexdigest()
-
-
-def _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key) -> str:
-    """What decides the outcome of every chunk: the model, the inputs and labels, and every setting."""
-    described = {"model": model_digest, "data": digest((x, y)), "runs": runs, "eps": keys, "settings": settings,
-                 "overrides": overrides,
-                 "domain": list(domain), "chunk": chunk, "key": np.asarray(jax.random.key_data(key)).tolist()}
-    return json.dumps(described, sort_keys=True, default=str)
-
-
-def robustness_report(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence[float],
-                      domain=(0.0, 1.0), key: jax.Array, batch_size: int = 500,
-                      gradient_logits_fns: Mapping[str, LogitsFn] | None = None,
-                      overrides: Mapping[str, Mapping] | None = None, progress: bool = True,
-                      doubled_tags: Sequence[str] | None = None,
-                      progress_path: str | os.PathLike | None = None, model_digest: str | None = None) -> dict:
-    """Attacks ``logits_fn`` on ``(x, y)`` with every attack at every eps and summarises the outcome.
-
-    Args:
-      logits_fn: the model, ``x -> logits`` (batch, classes), deterministic.
-      x: (n, ...) inputs inside ``domain``.
-      y: (n,) integer labels.
-      attacks: names from `andor_jax.attacks.ATTACKS`, e.g. ``['fgsm', 'pgd', 'apgd-ce', 'square']``; a name
-        with a tag of ``gradient_logits_fns``, e.g. ``'apgd-dlr[psd]'``, runs on that gradient only.
-      eps_grid: the radii to attack at.
-      domain: the input box ``(lo, hi)``.
-      key: PRNG key; each (chunk, attack, eps) gets its own key folded from it.
-      batch_size: examples per chunk (memory: restarts x batch_size inputs are attacked at once).
-      gradient_logits_fns: alternative functions to differentiate, by tag: ``{'psd': fn}`` also runs every
-        plain gradient attack as ``'name[psd]'`` with ``gradient_logits_fn=fn``.
-      doubled_tags: the tags whose doubling of every plain gradient attack is wanted (default: all of
-        ``gradient_logits_fns``; ``()`` runs the tagged entries of ``attacks`` only).
-      overrides: per-attack setting overrides, e.g. ``{'pgd': {'steps': 100, 'step_rule': 'adadelta'}}``;
-        entries for registered attacks that are not run are ignored.
-      progress: show a progress bar over the chunks.
-      progress_path: an ``.npz`` file that keeps the outcomes of the chunks done (`ChunkProgress`): an
-        interrupted call with the same arguments resumes after the last chunk saved.  None keeps nothing.
-      model_digest: what identifies the model (`digest` of its variables); required with ``progress_path``,
-        so that the progress of another model is never resumed.
-
-    Returns:
-      A JSON-able dict with ``clean_accuracy``, ``n_examples``, ``attacks`` ({label: {eps: accuracy}}),
-      ``robust_accuracy`` ({eps: accuracy under the per-example worst case over all attacks, clean errors
-      included}), ``settings`` (threat model and every attack's settings) and ``sanity`` (list of checks).
-    """
-    gradient_logits_fns = dict(gradient_logits_fns or {})
-    overrides = dict(overrides or {})
-    x, y = np.asarray(x), np.asarray(y)
-    domain, settings = _validate(logits_fn, x, y, list(attacks), list(eps_grid), domain, batch_size,
-                                 gradient_logits_fns, overrides)
-    runs = _runs(attacks, gradient_logits_fns,
-                 list(gradient_logits_fns) if doubled_tags is None else list(doubled_tags))
-    keys = [eps_key(eps) for eps in eps_grid]
-    n = len(y)
-    chunk = min(batch_size, n)
-    clean_correct = np.zeros(n, bool)
-    correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
-    attack_seconds = np.zeros(len(runs))
-    if progress_path is not None and not model_digest:
-        raise ValueError("progress_path needs model_digest (e.g. report.digest(variables)), so that the saved "
-                         "progress of another model is never resumed")
-    fingerprint = _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key)
-    saved = ChunkProgress(progress_path, fingerprint,
-                          {"clean": clean_correct, "seconds": attack_seconds,
-                           **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys}})
-    predict = jax.jit(lambda inputs: jnp.argmax(logits_fn(inputs), axis=-1))
-
-    batches = _batches(n, chunk)
-    bar = tqdm(total=len(batches), initial=saved.chunks_done, desc="robustness report", unit="batch",
-               disable=not progress)
-    for batch_index, (start, stop) in enumerate(batches[saved.chunks_done:], start=saved.chunks_done):
-        xb, yb = jnp.asarray(_padded(x[start:stop], chunk)), jnp.asarray(_padded(y[start:stop], chunk))
-        size = stop - start
-        clean_correct[start:stop] = np.asarray(predict(xb) == yb)[:size]
-        batch_key = jax.random.fold_in(key, batch_index)
-        for run_index, (label, name, tag) in enumerate(runs):
-            bar.set_postfix_str(label)
-            run_key = jax.random.fold_in(batch_key, run_index)
-            for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
-                started = time.perf_counter()
-                result = registry.run_attack(name, logits_fn, xb, yb, jax.random.fold_in(run_key, eps_index), eps,
-                                             domain, gradient_logits_fn=gradient_logits_fns.get(tag),
-                                             **overrides.get(name, {}))
-                correct[label][k][start:stop] = ~np.asarray(result.broken)[:size]
-                attack_seconds[run_index] += time.perf_counter() - started
-        saved.save(batch_index + 1)
-        bar.update()
-    bar.close()
-    seconds = {label: float(value) for (label, _, _), value in zip(runs, attack_seconds)}
+def robustness_summary(outcomes: Outcomes) -> dict:
+    """The attack suite's numbers from its per-example outcomes: ``clean_accuracy``, ``attacks`` ({label:
+    {eps: accuracy}}, an example counting as correct if it is clean-correct and correct at the attack's
+    point), ``robust_accuracy`` ({eps: accuracy under the per-example worst case over every attack}),
+    ``settings`` and ``sanity`` (`sanity_checks`); for a randomised model also ``clean_accuracy_per_draw``
+    (the mean over draws, where ``clean_accuracy`` needs every verdict draw right)."""
+    clean = np.asarray(outcomes.clean, bool)
 
     def accuracy(mask):
         return float(np.mean(mask))
 
-    attack_accuracy = {label: {k: accuracy(clean_correct & correct[label][k]) for k in keys} for label, _, _ in runs}
-    robust = {k: accuracy(clean_correct & np.all([correct[label][k] for label, _, _ in runs], axis=0)) for k in keys}
-    norms = {settings[name].get("norm", registry.get_spec(name).norm) for _, name, _ in runs}
-    report = {
-        "clean_accuracy": accuracy(clean_correct),
-        "n_examples": int(n),
-        "attacks": attack_accuracy,
-        "robust_accuracy": robust,
-        "settings": {
-            "threat_model": {
-                # an L2 ball of radius eps lies inside the L-inf ball of radius eps, so L2 attacks are valid
-                # (weaker) attacks under an L-inf threat model
-                "norm": "linf" if "linf" in norms else "l2",
-                "eps_grid": [float(eps) for eps in eps_grid],
-                "domain": list(domain),
-                "knowledge": "white-box: the attacker knows the model and differentiates it end to end",
-            },
-            "attacks": {label: _settings_record(name, settings[name], tag) for label, name, tag in runs},
-            "n_examples": int(n),
-            "batch_size": int(chunk),
-            # wall time of each attack over all chunks and eps, compilation included
-            "attack_seconds": {label: round(value, 1) for label, value in seconds.items()},
-            "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
-        },
-    }
-    report["sanity"] = sanity_checks(report)
-    return report
+    attacks = {label: {k: accuracy(clean & correct) for k, correct in table.items()}
+               for label, table in outcomes.correct.items()}
+    keys = [eps_key(eps) for eps in outcomes.settings["threat_model"]["eps_grid"]]
+    robust = {k: accuracy(clean & np.all([table[k] for table in outcomes.correct.values()], axis=0)) for k in keys}
+    summary = {"clean_accuracy": accuracy(clean), "attacks": attacks, "robust_accuracy": robust,
+               "settings": outcomes.settings}
+    if outcomes.clean_per_draw is not None:
+        summary["clean_accuracy_per_draw"] = float(np.mean(outcomes.clean_per_draw))
+    summary["sanity"] = sanity_checks(summary)
+    return summary
 
 
-# ---------------------------------------------------------------------------------------------------------
 # Sanity checks.
 
 def _by_eps(accuracies: Mapping[str, float]) -> list[tuple[float, float]]:
@@ -347,7 +122,45 @@ def sanity_checks(report: Mapping) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Writing it out.
+# ---------------------------------------------------------------------------------------------------------
+# The report document.
+
+def merge(report: Mapping | None, header: Mapping, examples: Mapping, results: Mapping) -> tuple[dict, list[str]]:
+    """``report`` with ``results`` ({kind: result}) of the example set ``examples`` entered, and notes
+    saying what was not combined and why.
+
+    Within one example set of one model a new result replaces the old one of its kind, except that
+    certified accuracies at other eps are kept (each eps is its own number on the same examples).  Entries
+    of other example sets stay as they are, apart; entries of another model (another ``header['model']
+    ['digest']``) are dropped, since they no longer describe the checkpoint.
+    """
+    unknown = sorted(set(results) - set(RESULT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown result kinds {unknown}; known: {RESULT_KINDS}")
+    notes = []
+    sets = {name: dict(entry) for name, entry in (report or {}).get("example_sets", {}).items()}
+    old_model = (report or {}).get("header", {}).get("model", {}).get("digest")
+    if sets and old_model != header.get("model", {}).get("digest"):
+        notes.append(f"the existing report described another checkpoint (parameters {str(old_model)[:12]}); "
+                     "its results are dropped")
+        sets = {}
+    entry = sets.get(examples["id"], {"examples": dict(examples)})
+    if entry["examples"] != dict(examples):
+        raise ValueError(f"example set {examples['id']!r} is recorded with other digests: {entry['examples']}")
+    for kind, result in results.items():
+        if kind == "certified" and "certified" in entry:
+            result = {**result, "certified_accuracy": {**entry["certified"]["certified_accuracy"],
+                                                       **result["certified_accuracy"]}}
+        entry[kind] = dict(result)
+    others = [other for name, other in sets.items() if name != examples["id"]]
+    for other in others:
+        kinds = [kind for kind in RESULT_KINDS if kind in other]
+        notes.append(f"{', '.join(results)} on {examples['description']} ({examples['count']} examples) is not "
+                     f"combined with the {', '.join(kinds)} on {other['examples']['description']} "
+                     f"({other['examples']['count']} examples): other examples; each is its own section")
+    sets[examples["id"]] = entry
+    return {"header": dict(header), "example_sets": sets}, notes
+
 
 def _percent(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
@@ -361,141 +174,228 @@ def _lookup(accuracies: Mapping[str, float] | None, eps: float):
     return None
 
 
-def format_markdown(report: Mapping) -> str:
-    """``report`` as readable markdown: clean accuracy, a table eps x attack with the robust accuracy (and,
-    when ``certified_accuracy`` is present, the certified lower bound, the robust upper bound and their gap),
-    the threat model, every attack's settings, the AND-ness summary when present and the sanity checks."""
-    attacks = report.get("attacks", {})
-    robust = report.get("robust_accuracy")
-    certified = report.get("certified_accuracy")
-    eps_values = sorted({float(k) for table in (*attacks.values(), robust or {}, certified or {}) for k in table})
-    lines = ["# Robustness report", ""]
-    if "clean_accuracy" in report:
-        lines += [f"Clean accuracy: **{_percent(report['clean_accuracy'])}%**"
-                  + (f" on {report['n_examples']} examples." if "n_examples" in report else "."), ""]
+def format_header(header: Mapping) -> list[str]:
+    """What the report describes, as markdown lines: model, data (with the sample's warning), checkpoint,
+    library version and date."""
+    lines = []
+    model, data = header.get("model", {}), header.get("data", {})
+    if model:
+        settings = ", ".join(f"{k}={v}" for k, v in model.get("settings", {}).items())
+        lines.append(f"- **Model**: config `{model.get('config', '?')}`, architecture `{model.get('architecture', '?')}`"
+                     + (f" ({settings})" if settings else "")
+                     + f"; checkpoint step {model.get('checkpoint_step', '?')}"
+                     + (f"; parameters sha256 {model['digest'][:16]}" if model.get("digest") else ""))
+    if data:
+        lines.append(f"- **Data**: {data.get('dataset', '?')}, {data.get('source', '?')}"
+                     + (f" (content digest {data['digest'][:16]})" if data.get("digest") else "")
+                     + (f", domain [{data['domain'][0]:g}, {data['domain'][1]:g}]" if data.get("domain") else ""))
+        if data.get("warning"):
+            lines.append(f"- **Warning**: {data['warning']}")
+    if header.get("library") or header.get("date"):
+        lines.append(f"- **Written** by {header.get('library', '?')} on {header.get('date', '?')}")
+    return lines + [""] if lines else []
 
-    if eps_values:
-        header = ["eps", *attacks]
-        if robust is not None:
-            header.append("robust (upper bound)" if certified is not None else "robust (worst case)")
-        if certified is not None:
-            header += ["certified (lower bound)", "gap"]
-        lines += ["## Accuracy (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for eps in eps_values:
-            row = [f"{eps:g}", *(_percent(_lookup(table, eps)) for table in attacks.values())]
-            upper, lower = _lookup(robust, eps), _lookup(certified, eps)
-            if robust is not None:
-                row.append(_percent(upper))
-            if certified is not None:
-                row += [_percent(lower), _percent(None if upper is None or lower is None else upper - lower)]
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-        if robust is not None:
-            lines += ["Robust accuracy counts an example correct only if it is classified correctly clean and "
-                      "under every attack (the per-example worst case).", ""]
-        if certified is not None:
-            lines += ["Certified accuracy is a proven lower bound (interval bound propagation); robust accuracy "
-                      "under attack is an upper bound; the true robust accuracy lies in the gap.", ""]
 
-    settings = report.get("settings", {})
-    threat = settings.get("threat_model")
-    if threat:
-        lo, hi = threat["domain"]
-        lines += ["## Threat model", "",
-                  f"- norm: {'L-inf' if threat['norm'] == 'linf' else 'L2'}",
-                  f"- eps grid: {', '.join(f'{eps:g}' for eps in threat['eps_grid'])}",
-                  f"- input domain: [{lo:g}, {hi:g}]",
-                  f"- attacker: {threat['knowledge']}", ""]
-    if settings.get("attacks"):
-        timings = settings.get("attack_seconds", {})
-        lines += ["## Attack settings", "", "| attack | description | settings | seconds |", "|---|---|---|---|"]
-        for label, record in settings["attacks"].items():
-            values = ", ".join(f"{name}={value}" for name, value in record.items()
-                               if name not in ("attack", "description"))
-            lines.append(f"| {label} | {record['description']} | {values} | {timings.get(label, '')} |")
-        lines.append("")
-        extra = {k: v for k, v in settings.items() if k not in ("threat_model", "attacks", "attack_seconds")}
-        if extra:
-            lines += [", ".join(f"{k}: {v}" for k, v in extra.items()), ""]
-    andness = report.get("andness")
-    if andness:
-        lines += ["## AND-ness (hyper-saturation)", "",
-                  f"hypersat = E[K(nics) | EDS] - E[K(nics) | SDS], K(x) = |tanh(4 (x - 0.5))| (Fontana, sec. 4), "
-                  f"over {andness.get('n_examples', '?')} test examples, type {andness.get('scramble', '?')} "
-                  f"scrambles; mean over all neurons **{andness['mean_hypersat']:.4f}**.", "",
-                  "| layer | type | neurons | mean | min | max |", "|---|---|---|---|---|---|"]
-        for name, layer in andness["layers"].items():
-            lines.append(f"| {name} | {layer['type']} | {layer['neurons']} | {layer['mean_hypersat']:.4f} | "
-                         f"{layer['min_hypersat']:.4f} | {layer['max_hypersat']:.4f} |")
-        lines.append("")
-        if andness.get("histograms"):
-            lines += [f"Histograms of nics under EDS and SDS per layer: `{andness['histograms']}`.", ""]
-    if report.get("sanity"):
-        lines += ["## Sanity checks", ""]
+def _format_robustness(robustness: Mapping, certified: Mapping | None) -> list[str]:
+    attacks = robustness["attacks"]
+    robust = robustness["robust_accuracy"]
+    table = certified["certified_accuracy"] if certified else None
+    eps_values = sorted({float(k) for t in (*attacks.values(), robust, table or {}) for k in t})
+    header = ["eps", *attacks, "robust (upper bound)" if table is not None else "robust (worst case)"]
+    if table is not None:
+        header += ["certified (lower bound)", "gap"]
+    lines = ["### Accuracy (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for eps in eps_values:
+        upper, lower = _lookup(robust, eps), _lookup(table, eps)
+        row = [f"{eps:g}", *(_percent(_lookup(t, eps)) for t in attacks.values()), _percent(upper)]
+        if table is not None:
+            row += [_percent(lower), _percent(None if upper is None or lower is None else upper - lower)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Robust accuracy counts an example correct only if it is classified correctly clean and under "
+              "every attack (the per-example worst case)."]
+    if table is not None:
+        lines.append("Certified accuracy (interval bound propagation, on the same examples) is a proven lower "
+                     "bound, robust accuracy under attack an upper bound; the true robust accuracy lies in the gap.")
+    lines.append("")
+    settings = robustness["settings"]
+    threat = settings["threat_model"]
+    lo, hi = threat["domain"]
+    lines += ["### Threat model", "",
+              f"- norm: {'L-inf' if threat['norm'] == 'linf' else 'L2'}",
+              f"- eps grid: {', '.join(f'{eps:g}' for eps in threat['eps_grid'])}",
+              f"- input domain: [{lo:g}, {hi:g}]",
+              f"- attacker: {threat['knowledge']}"]
+    randomness = settings.get("randomness", {})
+    if randomness.get("randomised"):
+        attacked = (f"EOT over {randomness['eot_draws']} draws per query" if randomness["mode"] == "fresh" else
+                    "the model with its key held fixed (one deterministic network)")
+        lines.append(f"- randomised model: the attacks see {attacked}; every verdict is the worst case over "
+                     f"{randomness['verdict_draws']} independent forward passes (one wrong draw breaks an example)")
+    lines.append("")
+    timings = settings.get("attack_seconds", {})
+    lines += ["### Attack settings", "", "| attack | description | settings | seconds |", "|---|---|---|---|"]
+    for label, record in settings["attacks"].items():
+        values = ", ".join(f"{name}={value}" for name, value in record.items() if name not in ("attack", "description"))
+        lines.append(f"| {label} | {record['description']} | {values} | {timings.get(label, '')} |")
+    lines += ["", f"batch size {settings.get('batch_size')}, key {settings.get('key')}; seconds are wall time over "
+              "all chunks and eps, compilation included, summed over resumed runs.", ""]
+    if robustness.get("sanity"):
+        lines += ["### Sanity checks", ""]
         lines += [f"- {'PASS' if check['passed'] else '**FAIL**'} {check['name']}: {check['message']}"
-                  for check in report["sanity"]]
+                  for check in robustness["sanity"]]
         lines.append("")
+    return lines
+
+
+def _format_certified(certified: Mapping) -> list[str]:
+    table = certified["certified_accuracy"]
+    lines = ["### Certified accuracy (%)", "", "| eps | certified (lower bound) |", "|---|---|"]
+    lines += [f"| {float(k):g} | {_percent(v)} |" for k, v in sorted(table.items(), key=lambda kv: float(kv[0]))]
+    return lines + ["", "Interval bound propagation: a proven lower bound on robust accuracy.  No attack ran on "
+                    "these examples, so no gap is computed.", ""]
+
+
+def _format_andness(andness: Mapping) -> list[str]:
+    lines = ["### AND-ness (hyper-saturation)", "",
+             f"hypersat = E[K(nics) | EDS] - E[K(nics) | SDS], K(x) = |tanh(4 (x - 0.5))| (Fontana, sec. 4), type "
+             f"{andness.get('scramble', '?')} scrambles; mean over all neurons **{andness['mean_hypersat']:.4f}**.",
+             "", "| layer | type | neurons | mean | min | max |", "|---|---|---|---|---|---|"]
+    for name, layer in andness["layers"].items():
+        lines.append(f"| {name} | {layer['type']} | {layer['neurons']} | {layer['mean_hypersat']:.4f} | "
+                     f"{layer['min_hypersat']:.4f} | {layer['max_hypersat']:.4f} |")
+    lines.append("")
+    if andness.get("histograms"):
+        lines += [f"Histograms of nics under EDS and SDS per layer: `{andness['histograms']}`.", ""]
+    return lines
+
+
+def format_entry(entry: Mapping) -> list[str]:
+    """One example set's section: its examples, then every result computed on exactly them."""
+    examples = entry["examples"]
+    lines = [f"## Test examples: {examples['description']}", "",
+             f"{examples['count']} examples (indices sha256 {examples['indices_digest']}, inputs and labels sha256 "
+             f"{examples['data_digest']}); every number in this section is computed on exactly these.", ""]
+    robustness, certified = entry.get("robustness"), entry.get("certified")
+    for result in (robustness, certified):
+        if result and "clean_accuracy" in result:
+            per_draw = (f" (mean over draws {_percent(result['clean_accuracy_per_draw'])}%; an example counts "
+                        "only if every verdict draw is right)" if "clean_accuracy_per_draw" in result else "")
+            lines += [f"Clean accuracy: **{_percent(result['clean_accuracy'])}%** on these {examples['count']} "
+                      f"examples{per_draw}.", ""]
+            break
+    if robustness:
+        lines += _format_robustness(robustness, certified)
+    elif certified:
+        lines += _format_certified(certified)
+    if entry.get("andness"):
+        lines += _format_andness(entry["andness"])
+    return lines
+
+
+def _entries(report: Mapping) -> list[Mapping]:
+    """The example sets of a report, those with attack results first, then by size."""
+    return sorted(report.get("example_sets", {}).values(),
+                  key=lambda entry: ("robustness" not in entry, "certified" not in entry, -entry["examples"]["count"]))
+
+
+def format_markdown(report: Mapping) -> str:
+    """``report`` as readable markdown: the header, then one section per example set (clean accuracy, the
+    table eps x attack with the robust accuracy and, when certified on the same examples, the certified lower
+    bound and the gap; threat model, settings, sanity checks; AND-ness)."""
+    lines = ["# Robustness report", "", *format_header(report.get("header", {}))]
+    for entry in _entries(report):
+        lines += format_entry(entry)
     return "\n".join(lines)
 
 
-def plot_report(report: Mapping, path: str | os.PathLike) -> None:
-    """Accuracy against eps: one line per attack, the robust accuracy and, when present, the certified
-    accuracy with the gap between the two shaded (as in the MWD paper's Figures 1 and 2)."""
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for label, accuracies in report.get("attacks", {}).items():
-        eps, acc = zip(*_by_eps(accuracies))
-        axes.plot(eps, acc, marker="o", markersize=3, linewidth=1, alpha=0.8, label=label,
-                  linestyle=":" if "[" in label else "-")  # attacks through an alternative gradient dotted
-    robust, certified = report.get("robust_accuracy"), report.get("certified_accuracy")
+def short_title(report: Mapping) -> str:
+    """The header in one line, for the plot: config (architecture), data, step, library, date."""
+    header = report.get("header", {})
+    model, data = header.get("model", {}), header.get("data", {})
+    warning = " — sample of MNIST TRAINING images" if data.get("warning") else ""
+    return (f"{model.get('config', '?')} ({model.get('architecture', '?')}), step {model.get('checkpoint_step', '?')}"
+            f" · {data.get('dataset', '?')} [{data.get('kind', data.get('source', '?'))}]{warning}"
+            f" · {header.get('library', '?')} · {header.get('date', '?')}")
+
+
+def _series(eps_values: list[float], accuracies: Mapping[str, float]) -> np.ndarray:
+    """Accuracies on the common eps grid, NaN where a table has no value (a line breaks there instead of
+    joining the neighbours)."""
+    return np.array([np.nan if (v := _lookup(accuracies, e)) is None else v for e in eps_values], float)
+
+
+def _plot_entry(axes, entry: Mapping) -> None:
+    robustness, certified = entry.get("robustness"), entry.get("certified")
+    attacks = robustness["attacks"] if robustness else {}
+    robust = robustness["robust_accuracy"] if robustness else None
+    table = certified["certified_accuracy"] if certified else None
+    eps_values = sorted({float(k) for t in (*attacks.values(), robust or {}, table or {}) for k in t})
+    for label, accuracies in attacks.items():
+        axes.plot(eps_values, _series(eps_values, accuracies), marker="o", markersize=3, linewidth=1, alpha=0.8,
+                  label=label, linestyle=":" if "[" in label else "-")  # attacks through another gradient dotted
     if robust:
-        eps, acc = zip(*_by_eps(robust))
-        axes.plot(eps, acc, color="black", linewidth=2.5,
-                  label="robust (upper bound)" if certified else "robust (worst case)")
-    if certified:
-        eps, acc = zip(*_by_eps(certified))
-        axes.plot(eps, acc, color="tab:green", linewidth=2.5, linestyle="--", label="certified (lower bound)")
+        axes.plot(eps_values, _series(eps_values, robust), color="black", linewidth=2.5, marker="o", markersize=3,
+                  label="robust (upper bound)" if table else "robust (worst case)")
+    if table:
+        lower = _series(eps_values, table)
+        axes.plot(eps_values, lower, color="darkgreen", linewidth=2.5, linestyle="--", marker="s", markersize=3,
+                  label="certified (lower bound)")
         if robust:
-            shared = sorted({float(k) for k in certified} & {float(k) for k in robust})
-            axes.fill_between(shared, [_lookup(certified, e) for e in shared], [_lookup(robust, e) for e in shared],
-                              color="tab:green", alpha=0.12, label="gap")
-    threat = report.get("settings", {}).get("threat_model", {})
+            upper = _series(eps_values, robust)
+            axes.fill_between(eps_values, lower, upper, where=~(np.isnan(lower) | np.isnan(upper)),
+                              color="darkgreen", alpha=0.25, label="gap", interpolate=False)
+    clean = next((r["clean_accuracy"] for r in (robustness, certified) if r and "clean_accuracy" in r), None)
+    if clean is not None:
+        axes.plot([0.0], [clean], marker="*", markersize=10, color="crimson", linestyle="none", label="clean")
+    threat = (robustness or {}).get("settings", {}).get("threat_model", {})
     axes.set_xlabel(f"eps ({'L-inf' if threat.get('norm', 'linf') == 'linf' else 'L2'})")
     axes.set_ylabel("accuracy")
     axes.set_ylim(0.0, 1.02)
     axes.grid(alpha=0.3)
-    if "clean_accuracy" in report:
-        axes.set_title(f"clean accuracy {_percent(report['clean_accuracy'])}%")
+    examples = entry["examples"]
+    axes.set_title(f"{examples['description']} (id {examples['id']})", fontsize="small")
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def plot_report(report: Mapping, path: str | os.PathLike) -> None:
+    """Accuracy against eps, one panel per example set with attack or certified results: a line per attack,
+    the robust accuracy, the certified accuracy of the same examples with the gap shaded (as in the MWD
+    paper's Figures 1 and 2), and the clean accuracy at eps 0.  Missing values break the lines."""
+    entries = [entry for entry in _entries(report) if "robustness" in entry or "certified" in entry]
+    figure = Figure(figsize=(9, 4.5 * max(1, len(entries))), layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, entry in enumerate(entries):
+        _plot_entry(figure.add_subplot(len(entries), 1, index + 1), entry)
+    figure.suptitle(short_title(report), fontsize="small")
     figure.savefig(path, dpi=120)
 
 
-def write_report(report: Mapping, workdir: str | os.PathLike) -> dict[str, Path]:
-    """Writes ``report.json``, ``report.md`` and ``robustness.png`` into ``workdir``.
+def read_report(path: str | os.PathLike) -> dict | None:
+    """The report at ``path`` (``report.json``), None if there is none; ValueError for a corrupt one or
+    one in an older layout."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away to write a new report") from err
+    if not isinstance(report, dict) or not isinstance(report.get("example_sets"), dict):
+        raise ValueError(f"{path} is not a report of this version (no example_sets); move it away to write a "
+                         "new report")
+    return report
 
-    ``report`` is merged into an existing ``report.json`` (its top-level keys replace the old ones; others,
-    e.g. ``certified_accuracy``, survive), and the markdown and plot show the merged report.
 
-    Returns:
-      ``{'json': path, 'md': path, 'png': path}``.
-    """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": workdir / "report.json", "md": workdir / "report.md", "png": workdir / "robustness.png"}
-    merged = {}
-    if paths["json"].exists():
-        try:
-            merged = json.loads(paths["json"].read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{paths['json']} is not valid JSON ({err}); move it away to write a new report") from err
-        if not isinstance(merged, dict):
-            raise ValueError(f"{paths['json']} does not hold a JSON object; move it away to write a new report")
-    merged.update(report)
+def write_report(report: Mapping, directory: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``report`` as ``report.json`` (atomically), ``report.md`` and ``robustness.png`` into
+    ``directory``; returns ``{'json': path, 'md': path, 'png': path}``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / "report.json", "md": directory / "report.md", "png": directory / "robustness.png"}
     temporary = paths["json"].with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(merged, indent=2, sort_keys=False) + "\n")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
     temporary.replace(paths["json"])
-    paths["md"].write_text(format_markdown(merged))
-    plot_report(merged, paths["png"])
+    paths["md"].write_text(format_markdown(report))
+    plot_report(report, paths["png"])
     return paths

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from andor_jax import experiment as experiment_lib  # noqa: E402
 from andor_jax.attacks import registry  # noqa: E402
-from andor_jax.report import split_label  # noqa: E402
+from andor_jax.evaluators.robustness import split_label  # noqa: E402
 from common import interleaved_medians, write_json  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
                "load_average": list(os.getloadavg()), "attacks": {}}
     for label in args.attacks.split(","):
         name, tag = split_label(label)
-        if "compact_every" not in registry.get_spec(name).defaults:
+        if "compact_every" not in registry.settings_of(name):
             raise ValueError(f"attack {name!r} does not compact; choose among those with a compact_every setting")
         outcomes = {}
 
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
             return once
 
         times = interleaved_medians({"whole": run(None, "whole"),
-                                     "compacted": run(registry.get_spec(name).defaults["compact_every"],
+                                     "compacted": run(registry.settings_of(name)["compact_every"],
                                                       "compacted")}, rounds=args.rounds)
         same = bool(np.array_equal(outcomes["whole"], outcomes["compacted"]))
         figures["attacks"][label] = {"whole_s": times["whole"], "compacted_s": times["compacted"],

@@ -86,7 +86,7 @@ def _binary_inputs(margin):
 
 def _norm_of(name, overrides):
     spec = attacks.ATTACKS[name]
-    return overrides.get("norm", spec.defaults.get("norm", spec.norm))
+    return overrides.get("norm", attacks.settings_of(name).get("norm", spec.norm))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_eot_with_one_draw_equals_the_plain_attack(name):
     x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
     key = jax.random.PRNGKey(7)
     spec = attacks.ATTACKS[name]
-    settings_ = {**spec.defaults, **FAST[name]}
+    settings_ = attacks.settings_of(name, **FAST[name])
     plain = spec.fn(MULTI_NET, x, y, key, eps=0.2, **settings_)
     fixed = attacks.eot(spec.fn, n_draws=1)(lambda inputs, draw_key: MULTI_NET(inputs), x, y, key, eps=0.2,
                                             **settings_)
@@ -349,7 +349,7 @@ def test_compaction_keeps_the_verdict_and_evaluates_only_unbroken_inputs(name, b
     x = 0.5 + jax.random.uniform(jax.random.PRNGKey(5), (32, DIM), minval=-0.3, maxval=0.3)
     y = jnp.argmax(MULTI_NET(x), axis=-1)
     attack, key = attacks.ATTACKS[name].fn, jax.random.PRNGKey(4)
-    settings_ = {**attacks.ATTACKS[name].defaults, **budget}
+    settings_ = attacks.settings_of(name, **budget)
     outcomes = {}
     for compact_every in (None, 3, 10):
         rows_evaluated.clear()

@@ -10,7 +10,8 @@ and momentum ``alpha = 0.75``:
 
 The step size starts at ``eta_0 = 2 eps`` and is halved, per example, at checkpoints ``w_j = ceil(p_j N)``
 (``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``) when either
-  1. fewer than ``rho (w_j - w_{j-1})`` steps since the last checkpoint increased the loss (rho = 0.75), or
+  1. fewer than ``improving_fraction (w_j - w_{j-1})`` steps since the last checkpoint increased the loss
+     (the paper's rho = 0.75; named apart from the pseudo-gradient mix rho and AdaDelta's rho), or
   2. the step size was not halved at the last checkpoint and the best loss has not improved since;
 after a halving the iterate restarts from the best point found (here without momentum).  The returned point
 is a misclassified one if any was seen, otherwise the best-loss point.
@@ -98,7 +99,7 @@ def _start(oracle: Oracle, x, y, key, eps, domain, *, norm, restarts, random_sta
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "loss"))
-def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum, rho, *,
+def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum, improving_fraction, *,
              norm, steps, loss) -> SearchState:
     """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input is broken)."""
     loss_fn = LOSSES[loss]
@@ -114,7 +115,7 @@ def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, e
         best_loss = jnp.where(improved, losses, state.best_loss)
 
         checkpoint = is_checkpoint[t]
-        oscillating = successes < rho * window[t]
+        oscillating = successes < improving_fraction * window[t]
         stalled = ~state.halved_at_check & (best_loss <= state.best_at_check)
         halve = checkpoint & (oscillating | stalled)
         eta = jnp.where(halve, state.eta / 2, state.eta)
@@ -163,7 +164,7 @@ def _finish(oracle: Oracle, x, y, state: SearchState, final_keys, *, loss) -> co
 
 def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
          domain=(0.0, 1.0), norm: str = "linf", steps: int = 100, restarts: int = 1, loss: str = "ce",
-         random_start: bool = True, momentum: float = 0.75, rho: float = 0.75,
+         random_start: bool = True, momentum: float = 0.75, improving_fraction: float = 0.75,
          gradient_logits_fn: LogitsFn | None = None, compact_every: int | None = 10) -> common.AttackResult:
     """APGD against ``logits_fn`` (see the module docstring).
 
@@ -180,7 +181,8 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
       loss: ``'ce'`` or ``'dlr'`` (any loss of `andor_jax.attacks.losses` is accepted).
       random_start: start at a uniform point of the ball rather than at ``x``.
       momentum: ``alpha``, the weight of the new step against the previous one.
-      rho: the fraction of improving steps below which the step size is halved.
+      improving_fraction: the fraction of loss-raising steps between two checkpoints below which the step
+        size is halved (the paper's rho).
       gradient_logits_fn: differentiated instead of ``logits_fn`` (same forward values).
       compact_every: iterations between two compactions of the batch (inputs broken by some restart leave
         it, `andor_jax.attacks.compaction`); None keeps the whole batch.  Inside a caller's ``jax.jit`` the
@@ -193,17 +195,17 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
     common.check_positive_int("restarts", restarts)
     if compact_every is not None:
         common.check_positive_int("compact_every", compact_every)
-    for setting, value in (("momentum", momentum), ("rho", rho)):
+    for setting, value in (("momentum", momentum), ("improving_fraction", improving_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")
     start_key, steps_key, final_key = jax.random.split(key, 3)
     state = _start(oracle, x, y, start_key, eps, domain, norm=norm, restarts=restarts, random_start=bool(random_start))
     step_keys = jax.random.split(steps_key, (restarts, steps))
-    momentum, rho = common.as_scalar(momentum, x), common.as_scalar(rho, x)
+    momentum, improving_fraction = common.as_scalar(momentum, x), common.as_scalar(improving_fraction, x)
 
     def iterate(operands, state, first, stop):
-        return _iterate(oracle, *operands, state, step_keys, first, stop, eps, domain, momentum, rho, norm=norm,
-                        steps=steps, loss=loss)
+        return _iterate(oracle, *operands, state, step_keys, first, stop, eps, domain, momentum, improving_fraction,
+                        norm=norm, steps=steps, loss=loss)
 
     if compact_every is None or common.traced(x, y, key, eps):
         state = iterate((x, y), state, 0, steps)

@@ -3,6 +3,7 @@
     andor-jax train --config relu_mlp_mnist --workdir runs/relu [--data-dir DIR] [--config.train.epochs=3]
     andor-jax evaluate --workdir runs/relu [--attacks fgsm,pgd] [--eps 0.05:0.5:0.05] [--limit N] [--certify]
     andor-jax certify --workdir runs/relu [--eps ...]
+    andor-jax spectrum --workdir runs/relu [--workdir runs/other] [--layer layers_1] [--fit 11:500]
     andor-jax run            # the main job: train `quickstart`, evaluate it, write runs/quickstart/report.md
 
 Everything a command is given is checked before any work is done (`andor_jax.validation`): a bad value is
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import json
 import pathlib
 import shutil
 import signal
@@ -90,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--verdict-draws", type=int, default=None, metavar="N",
                              help="randomised models: forward passes judging each point, the worst case counts; "
                                   "default: evaluate.verdict_draws of the work directory's config")
+
+    sub = commands.add_parser("spectrum", help="covariance spectra of a layer's outputs and their power-law "
+                                               "exponent alpha; writes spectrum.json/.png (andor_jax.spectrum)")
+    sub.add_argument("--workdir", required=True, action="append", metavar="DIR",
+                     help="a trained work directory; repeat for several models in one figure")
+    sub.add_argument("--layer", default=None, metavar="PATH",
+                     help="layer path, e.g. layers_1, or 'input'; default: the first hidden layer")
+    sub.add_argument("--fit", default="11:500", metavar="START:STOP", help="1-based range of n fitted (default 11:500)")
+    sub.add_argument("--limit", type=int, default=0, help="the first N test images (0: all)")
+    sub.add_argument("--random-init", action="store_true", help="also the layer at each run's initial parameters")
+    sub.add_argument("--output", default=None, metavar="DIR", help="where to write (default: the first work directory)")
+    common(sub, trained=True)
 
     sub = commands.add_parser("run", help="the main job: train quickstart, evaluate, write runs/quickstart/")
     sub.add_argument("--workdir", default="runs/quickstart", metavar="DIR",
@@ -291,6 +305,9 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         print(pathlib.Path(paths["md"]).read_text())
         return 0
 
+    if args.command == "spectrum":
+        return run_spectrum(args)
+
     from andor_jax import evaluation
 
     function = evaluation.evaluate if args.command == "evaluate" else evaluation.certify
@@ -305,6 +322,23 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
                        if getattr(args, name) is not None})
     paths = function(args.workdir, **kwargs)
     print(f"report: {paths['md']}")
+    return 0
+
+
+def run_spectrum(args: argparse.Namespace) -> int:
+    """``andor-jax spectrum``: `andor_jax.spectrum.analyse` of the work directories."""
+    workdirs = [validation.check_trained_dir(w) for w in args.workdir]
+    start, colon, stop = args.fit.partition(":")
+    if not (colon and start.isdigit() and stop.isdigit() and 1 <= int(start) < int(stop)):
+        raise validation.InvalidInput(f"--fit {args.fit!r} must be START:STOP with 1 <= START < STOP, e.g. 11:500")
+    limit = validation.check_int("--limit", args.limit, 0)
+    from andor_jax import spectrum
+
+    paths = spectrum.analyse(workdirs, layer=args.layer, data_dir=args.data_dir, limit=limit,
+                             fit_range=(int(start), int(stop)), random_init=args.random_init, output=args.output)
+    for record in json.loads(paths["json"].read_text())["records"]:
+        print(f"{record['name']}: alpha {record['alpha']:.3f} (n = {record['fit_range'][0]}..{record['fit_range'][1]})")
+    print(f"spectrum: {paths['json']}, {paths['png']}")
     return 0
 
 

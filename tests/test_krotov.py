@@ -144,3 +144,19 @@ def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_d
     state = experiment.fit(readout, tmp_path / "readout", data_dir=data_dir, progress=False)
     np.testing.assert_array_equal(state.params["layers_1"]["kernel"], kernel)  # the local layer stays frozen
     assert np.abs(np.asarray(state.params["layers_3"]["kernel"]) - before["layers_3"]["kernel"]).max() > 0
+
+
+def test_local_layer_diagnostic_and_receptive_fields(tmp_path):
+    from andor_jax.evaluators import local
+    from andor_jax.models import krotov as krotov_model
+
+    model = krotov_model.get_model(units=6)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))
+    kernel = np.asarray(variables["params"]["layers_1"]["kernel"])
+    kernel[:5] /= np.asarray(krotov.lp_norm(kernel[:5], 3.0))[:, None]  # 5 of 6 units on the unit L3 sphere
+    variables = {"params": {**variables["params"], "layers_1": {"kernel": jnp.asarray(kernel)}}}
+    [record] = local.local_layers(model, variables)
+    assert record["layer"] == "layers_1" and record["units"] == 6
+    assert record["off_norm_fraction"] == pytest.approx(1 / 6) and not record["accepted"]
+    local.plot_receptive_fields(kernel, tmp_path / "fields.png")
+    assert (tmp_path / "fields.png").stat().st_size > 1000

@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         with SignalsInterrupt():
             return run_command(args, overrides)
     except Interrupted as stop:
-        saved = " the chunks attacked so far are saved;" if args.command in ("evaluate", "run") else ""
-        print(f"\n{args.command} stopped by {stop.signal_name}:{saved} run the same command again to resume",
+        then = {"evaluate": " the chunks attacked so far are saved; run the same command again to resume",
+                "run": " run the same command again to resume", "train": " run the same command again to resume"}
+        print(f"\n{args.command} stopped by {stop.signal_name}:{then.get(args.command, ' nothing was written')}",
               file=sys.stderr)
         return EXIT_SIGNAL[stop.signum]
     except KeyboardInterrupt:  # training stopped by a signal (it has said so and saved a checkpoint)
@@ -191,7 +192,8 @@ def prepare_training(args: argparse.Namespace, overrides: list[str], config_name
     return config, _trained_data_dir(workdir, args.data_dir)
 
 
-FLAGS = {"attacks": "--attacks", "eps": "--eps", "limit": "--limit"}
+FLAGS = {"attacks": "--attacks", "eps": "--eps", "limit": "--limit", "eot_draws": "--eot",
+         "verdict_draws": "--verdict-draws"}
 
 
 def evaluation_arguments(args: argparse.Namespace, overrides: list[str], function) -> dict:
@@ -240,8 +242,9 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     if "eps" in given:
         given["eps"] = validation.check_eps_grid(validation.eps_values(given["eps"], "--eps"), domain, norms,
                                                  validation.input_size(config), name="--eps")
-    if args.limit is not None:
-        given["limit"] = validation.check_int("--limit", args.limit, 0)
+    for name, minimum in (("limit", 0), ("eot_draws", 0), ("verdict_draws", 1)):
+        if getattr(args, name, None) is not None:
+            given[name] = validation.check_int(FLAGS[name], getattr(args, name), minimum)
     if getattr(args, "set", None):
         given["attack_settings"] = parse_attack_settings(args.set)
         validation.check_attack_settings(given["attack_settings"])
@@ -318,8 +321,6 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         kwargs.update(certify=args.certify or kwargs.get("certify", False),
                       pseudo_gradient_attacks=args.psd or kwargs.get("pseudo_gradient_attacks", False),
                       progress=not args.no_progress)
-        kwargs.update({name: getattr(args, name) for name in ("eot_draws", "verdict_draws")
-                       if getattr(args, name) is not None})
     paths = function(args.workdir, **kwargs)
     print(f"report: {paths['md']}")
     return 0

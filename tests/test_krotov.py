@@ -152,7 +152,7 @@ def test_local_layer_diagnostic_and_receptive_fields(tmp_path):
 
     model = krotov_model.get_model(units=6)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))
-    kernel = np.asarray(variables["params"]["layers_1"]["kernel"])
+    kernel = np.array(variables["params"]["layers_1"]["kernel"])
     kernel[:5] /= np.asarray(krotov.lp_norm(kernel[:5], 3.0))[:, None]  # 5 of 6 units on the unit L3 sphere
     variables = {"params": {**variables["params"], "layers_1": {"kernel": jnp.asarray(kernel)}}}
     [record] = local.local_layers(model, variables)

@@ -133,3 +133,28 @@ def test_spectrum_command_writes_json_and_png(tmp_path, synthetic_mnist_dir):
     assert records[0]["dimension"] == 64 and records[2]["dimension"] == 784
     assert (tmp_path / "run" / "spectrum.png").stat().st_size > 1000
     assert cli.main(["spectrum", "--workdir", str(tmp_path / "run"), "--fit", "30:2"]) == 2
+
+
+# ------------------------------------------------- Holzhausen et al.'s protocol: critical perturbations
+
+def test_critical_perturbation_of_a_linear_model_is_found_by_bisection():
+    from andor_jax.evaluators import critical
+
+    # logits (x.w, -x.w): class 0 while x.w > 0; the smallest L-inf change flipping it is eps* = x.w / ||w||_1
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(16)
+    w = (w - w.mean()).astype(np.float32)  # sum 0: the grey image 0.5 lies on the boundary
+    x = (0.5 + np.linspace(0.02, 0.3, 40)[:, None] * np.sign(w)).astype(np.float32)  # eps* = 0.02 .. 0.3
+    y = np.zeros(40, np.int32)
+    logits_fn = jax.jit(lambda v: jnp.stack([v @ w, -(v @ w)], axis=-1))
+    exact = (x @ w) / np.abs(w).sum()
+    assert np.all(exact > 0.015) and np.all(x > 0.05) and np.all(x < 0.95)  # no clipping at the domain's edge
+    assert len(critical.correctly_classified(logits_fn, x, y)) == 40
+    grid = critical.log_grid(0.01, 0.5, 10)
+    result = critical.critical_perturbations(logits_fn, x, y, jax.random.PRNGKey(0), grid=grid, bisection_steps=4)
+    found = np.asarray(result["critical_eps"])
+    ratio = (0.5 / 0.01) ** (1 / 9 / 2 ** 4)  # the bracket's ratio after 4 log-bisections of a grid step
+    assert np.all(found >= exact * (1 - 1e-4)) and np.all(found <= exact * ratio * (1 + 1e-4))
+    np.testing.assert_allclose(result["relative_accuracy"], [(exact > e).mean() for e in grid], atol=1 / 40 + 1e-9)
+    assert result["median_critical_eps"] == pytest.approx(np.median(found))
+    assert critical.padded_size(5, 256) == 8 and critical.padded_size(300, 256) == 256

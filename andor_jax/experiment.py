@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from andor_jax import checkpoint, data, models, objectives, train
+from andor_jax import checkpoint, data, models, objectives, train, validation
 
 PyTree = Any
 
@@ -144,6 +144,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     experiment = Experiment(config, data_dir=data_dir, dataset=dataset)
+    validation.check_batches(len(experiment.dataset.x_train), config.train.batch_size)  # else no step would run
     tc = config.train
     parallel = train.DataParallel.create(tc.num_devices, tc.batch_size)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every_steps=tc.checkpoint_every_steps,

@@ -331,3 +331,11 @@ def check_evaluate_block(evaluate: ml_collections.ConfigDict, domain, size: int)
     if settings:
         check_attack_settings(settings.to_dict() if hasattr(settings, "to_dict") else dict(settings))
     return labels, grid
+
+
+def check_batches(examples: int, batch_size: int) -> None:
+    """Raises unless ``examples`` training examples make at least one batch (batches of a training epoch are
+    full ones): otherwise a training would run no step and leave an untrained checkpoint."""
+    if examples < batch_size:
+        raise InvalidInput(f"the training split holds {examples} examples, fewer than one batch "
+                           f"(train.batch_size = {batch_size}): no training step would run")

@@ -164,6 +164,14 @@ def test_bad_data_leaves_no_work_directory(capsys, tmp_path, make, expected):
     assert not (tmp_path / "w").exists()
 
 
+def test_fewer_training_examples_than_a_batch(capsys, trained, synthetic_mnist_dir, tmp_path):
+    expected = "the training split holds 50 examples, fewer than one batch (train.batch_size = 100)"
+    for workdir in (trained, tmp_path / "new"):
+        assert_refused(capsys, train_argv(workdir, synthetic_mnist_dir, "--config.data.limit_train=50"), expected,
+                       trained)
+    assert not (tmp_path / "new").exists()
+
+
 def test_resumed_training_on_other_data_is_refused(capsys, trained, tmp_path):
     assert_refused(capsys, ["train", "--config", "relu_mlp_mnist", "--workdir", trained, "--data-dir",
                             idx_dir(tmp_path / "other"), *TINY], "was trained on mnist from dir", trained)

@@ -54,12 +54,12 @@ def plot_nics_histograms(model: nn.Module, samples: Samples,
     figure = Figure(figsize=(3.2 * len(samples), 2.8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(samples), squeeze=False)[0]
-    for ax, (path, (real, scrambled)) in zip(axes, samples.items()):
+    for ax, (layer_path, (real, scrambled)) in zip(axes, samples.items()):
         real, scrambled = real.ravel(), scrambled.ravel()
         edges = np.linspace(min(real.min(), scrambled.min()), max(real.max(), scrambled.max()) + 1e-6, bins + 1)
         ax.hist(real, edges, density=True, alpha=0.6, color="tab:blue", label="EDS")
         ax.hist(scrambled, edges, density=True, alpha=0.6, color="tab:orange", label="SDS")
-        ax.set_title(f"{format_path(path)}: {type(layer_at(model, path)).__name__}", fontsize=9)
+        ax.set_title(f"{format_path(layer_path)}: {type(layer_at(model, layer_path)).__name__}", fontsize=9)
         ax.set_xlabel("nics")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8)

@@ -134,14 +134,10 @@ def sds_layer(model: nn.Module, variables: PyTree, path: Path, inputs: jax.Array
 
 def sds_type_b(model: nn.Module, variables: PyTree, eds: Trace, keys: jax.Array, *,
                size: int | None = None, unit: str = "element", rho=None) -> dict[Path, jax.Array]:
-    """Type B SDS of every leaf layer (not composites), keyed by path, and ``()``: the scrambled input;
-    each (len(keys), size, ...)."""
-    options = {"size": size, "unit": unit}
-    sds = {(): scramble_many(keys, eds.inputs[()], **options)}
-    for path, layer, _ in walk(model):
-        if not chains(layer):
-            sds[path] = sds_layer(model, variables, path, eds.inputs[path], keys, rho=rho, **options)
-    return sds
+    """Type B SDS of every leaf layer (composites are their leaves), keyed by path: each the layer applied
+    to scrambles of its real inputs, (len(keys), size, ...)."""
+    return {path: sds_layer(model, variables, path, eds.inputs[path], keys, size=size, unit=unit, rho=rho)
+            for path, layer, _ in walk(model) if not chains(layer)}
 
 
 # ---------------------------------------------------------------------------------------------------------

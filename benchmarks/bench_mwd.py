@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from andor_jax.layers.mwd import U_CLIP, W_CLIP, mwd_composed, mwd_network
+from andor_jax.layers.mwd import U_CLIP, W_CLIP, mwd_composed
 from andor_jax.models import Sequential, project
+from andor_jax.models.mwd import get_model as mwd_network
 
 HIDDEN, NUM_CLASSES, KINDS = (512, 512, 512), 10, ("u", "neg", "u", "neg")
 IN_FEATURES = 784
@@ -94,7 +95,7 @@ def jax_step(apply_fn, model: Sequential, optimiser):
 
 def bench_jax(params, x, targets, steps: int, warmup: int) -> dict:
     """Times and compiled temporaries of the fused and naive JAX steps from the same parameters."""
-    model = Sequential(mwd_network(HIDDEN, NUM_CLASSES, KINDS))
+    model = mwd_network(HIDDEN, NUM_CLASSES, KINDS)
     optimiser = optax.adadelta(LEARNING_RATE, rho=ADADELTA_RHO, eps=ADADELTA_EPS)
     variants = {"fused": lambda p, x, rho: model.apply({"params": p}, x, rho=rho), "naive": naive_apply}
     figures = {}
@@ -225,7 +226,7 @@ def main(argv=None) -> dict:
 
     load_before = os.getloadavg()
     x, targets = make_batch(args.batch)
-    model = Sequential(mwd_network(HIDDEN, NUM_CLASSES, KINDS))
+    model = mwd_network(HIDDEN, NUM_CLASSES, KINDS)
     params = model.init(jax.random.PRNGKey(1), jnp.asarray(x))["params"]
 
     figures = {"network": f"{IN_FEATURES}-{'-'.join(map(str, HIDDEN))}-{NUM_CLASSES} {'/'.join(KINDS)}",

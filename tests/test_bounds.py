@@ -1,64 +1,22 @@
-"""Interval bound propagation: soundness by sampling, exactness for one affine layer, certification."""
+"""Interval bound propagation through networks: exactness for one affine layer, composites, certification.
+Each layer type's own rule is checked by `tests/test_layer_conformance.py`."""
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from andor_jax import bounds, models
 from andor_jax.interval import Interval
-from andor_jax.layers import Activation, AvgPool, BatchNorm, Concat, Conv, Dense, Dropout, Flatten, MaxPool
-
-DOMAINS = [(0.0, 1.0), (-1.0, 1.0)]
-
-
-def dense_network(activation: str):
-    return models.Sequential((Dense(6), Activation(activation), BatchNorm(), Dropout(0.3),
-                              Concat(((), (Dense(4), Activation(activation)))), Dense(3)))
-
-
-def conv_network(activation: str):
-    return models.Sequential((Conv(3, (3, 3), padding="SAME"), Activation(activation), MaxPool((2, 2)),
-                              Conv(4, (3, 3)), BatchNorm(), Activation(activation), AvgPool((2, 2)),
-                              Flatten(), Dense(3)))
-
-
-def initialised(model, x, seed):
-    """Parameters plus non-trivial BatchNorm statistics, so that its affine rule is exercised."""
-    variables = model.init(jax.random.key(seed), x)
-    rng = np.random.default_rng(seed)
-    if "batch_stats" in variables:
-        variables = dict(variables)
-        variables["batch_stats"] = jax.tree.map(
-            lambda s: jnp.asarray(rng.uniform(0.2, 2.0, s.shape), jnp.float32), variables["batch_stats"])
-    return variables
-
+from andor_jax.layers import Activation, Concat, Dense, Layer
 
 def assert_contains(boxes, outputs, tol=1e-5):
-    for index, (box, out) in enumerate(zip(boxes, outputs)):
-        assert np.all(np.asarray(box.lower) <= np.asarray(out) + tol), f"layer {index}: below the lower bound"
-        assert np.all(np.asarray(out) <= np.asarray(box.upper) + tol), f"layer {index}: above the upper bound"
-
-
-@settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 10_000), activation=st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "mish"]),
-       kind=st.sampled_from(["dense", "conv"]), domain=st.sampled_from(DOMAINS),
-       eps=st.floats(0.0, 0.5))
-def test_sampled_points_stay_inside_every_layer_interval(seed, activation, kind, domain, eps):
-    rng = np.random.default_rng(seed)
-    shape = (3, 5) if kind == "dense" else (3, 8, 8, 2)
-    model = dense_network(activation) if kind == "dense" else conv_network(activation)
-    x = rng.uniform(*domain, size=shape).astype(np.float32)
-    variables = initialised(model, x, seed)
-    box = bounds.input_box(x, eps, domain)
-    boxes = bounds.layer_intervals(model, variables, box)
-    for _ in range(20):  # uniform samples and corners of the box
-        corner = rng.integers(0, 2, size=shape).astype(bool)
-        for point in (rng.uniform(box.lower, box.upper), np.where(corner, box.lower, box.upper)):
-            assert_contains(boxes, model.apply(variables, jnp.asarray(point, jnp.float32),
-                                               method=models.Sequential.outputs))
+    """Every layer's output inside its box (both keyed by path)."""
+    assert set(boxes) == set(outputs)
+    for path, box in boxes.items():
+        out = np.asarray(outputs[path])
+        assert np.all(np.asarray(box.lower) <= out + tol), f"{path}: below the lower bound"
+        assert np.all(out <= np.asarray(box.upper) + tol), f"{path}: above the upper bound"
 
 
 def test_affine_layer_bounds_are_exact():
@@ -89,8 +47,8 @@ def test_mish_interval_contains_its_minimum():
 
 
 def test_layer_without_rule_is_named_in_the_error():
-    class NoRule(models.nn.Module):
-        def __call__(self, x, *, train=False):
+    class NoRule(Layer):
+        def __call__(self, x, *, train=False, rho=None):
             return x
 
     model = models.Sequential((Dense(3), NoRule()))
@@ -116,17 +74,21 @@ def test_margin_bound_is_tighter_than_plain_comparison_and_exact_at_eps_zero():
     assert np.any(affine[mask] > plain[mask] + 1e-3)
 
 
-def test_certified_accuracy_is_monotone_in_eps_and_clean_at_zero():
+def test_certified_accuracy_over_a_grid_equals_certifying_each_eps_alone():
+    """`certified_accuracy` walks the grid upwards and re-propagates only the examples still certified;
+    certifying every eps on its own, with every example, must give the same fractions."""
     rng = np.random.default_rng(4)
     model = models.Sequential((Dense(16), Activation("relu"), Dense(3)))
     x = rng.uniform(size=(64, 6)).astype(np.float32)
     variables = model.init(jax.random.key(5), x)
-    y = np.asarray(jnp.argmax(model.apply(variables, x), -1))
-    accuracy = bounds.certified_accuracy(model, variables, x, y, [0.0, 0.001, 0.01, 0.1], domain=(0.0, 1.0),
-                                         batch_size=20)
-    values = list(accuracy.values())
-    assert values[0] == 1.0
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    y = rng.integers(0, 3, 64)
+    grid = [0.03, 0.0, 0.001, 0.01, 0.1]
+    accuracy = bounds.certified_accuracy(model, variables, x, y, grid, domain=(0.0, 1.0), batch_size=20)
+    alone = {e: float(np.mean(np.asarray(bounds.certified(model, variables, x, y, e, (0.0, 1.0))))) for e in grid}
+    assert list(accuracy) == grid and accuracy == alone
+    clean = np.asarray(jnp.argmax(model.apply(variables, x), -1)) == y
+    assert accuracy[0.0] == clean.mean() and 0 < accuracy[0.0] < 1
+    assert len(set(alone.values())) >= 3   # the grid separates examples
     with pytest.raises(ValueError, match="eps must be >= 0"):
         bounds.certified_accuracy(model, variables, x, y, [-0.1], domain=(0.0, 1.0))
 
@@ -146,25 +108,26 @@ def test_order_preserving_output_activation_does_not_change_the_certificate():
             == bounds.certified_accuracy(without, variables, x, y, grid, domain=(0.0, 1.0)))
 
 
-@pytest.mark.parametrize("architecture", ["relu", "mwd"])
+@pytest.mark.parametrize("architecture", ["relu", "mwd", "skip"])
 def test_attacked_points_stay_inside_the_bounds_and_certified_examples_are_never_broken(architecture):
     from andor_jax.attacks import pgd
-    from andor_jax.layers.mwd import mwd_network
+    from andor_jax.models import mwd
 
     rng = np.random.default_rng(8)
-    layers = ((Dense(24), Activation("relu"), Dense(4)) if architecture == "relu"
-              else mwd_network(hidden=(12,), num_classes=4, kinds=("u", "neg")))
-    model = models.Sequential(tuple(layers))
+    model = {"relu": models.Sequential((Dense(24), Activation("relu"), Dense(4))),
+             "mwd": mwd.get_model(hidden=(12,), num_classes=4, kinds=("u", "neg")),
+             "skip": models.Sequential((Dense(24), Activation("tanh"), Concat(((), (Dense(12), Activation("relu")))),
+                                        Dense(4)))}[architecture]
     x = rng.uniform(size=(64, 10)).astype(np.float32)
     variables = model.init(jax.random.key(9), x)
     y = np.asarray(jnp.argmax(model.apply(variables, x), -1))  # every example correct when clean
     logits_fn = lambda inputs: model.apply(variables, inputs)  # noqa: E731
-    eps = 0.1 if architecture == "relu" else 0.3  # some examples certified, some broken
+    eps = {"relu": 0.1, "mwd": 0.3, "skip": 0.05}[architecture]  # some examples certified, some broken
     attacked = pgd(logits_fn, x, y, jax.random.PRNGKey(0), eps=eps, domain=(0.0, 1.0), steps=20, restarts=2,
                    loss="margin")
     boxes = bounds.layer_intervals(model, variables, bounds.input_box(jnp.asarray(x), eps, (0.0, 1.0)))
-    assert_contains(boxes, model.apply(variables, attacked.x_adv, method=models.Sequential.outputs))
+    assert_contains(boxes, model.apply(variables, attacked.x_adv, method=models.Sequential.outputs).outputs)
     certified = np.asarray(bounds.certified(model, variables, x, y, eps, (0.0, 1.0),
-                                            "affine" if architecture == "relu" else "plain"))
+                                            "plain" if architecture == "mwd" else "affine"))
     assert not np.any(certified & np.asarray(attacked.broken))
     assert 0 < certified.mean() <= 1 - np.asarray(attacked.broken).mean() < 1  # both sides non-trivial

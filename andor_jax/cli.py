@@ -64,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("evaluate", "clean accuracy and the attack suite; writes report.json/.md/.png"),
                        ("certify", "certified accuracy by interval bound propagation")):
-        sub = commands.add_parser(name, help=text)
+        sub = commands.add_parser(name, help=text, epilog=(
+            "--config.evaluate.KEY=VALUE sets KEY of the work directory's evaluation block for this run (e.g. "
+            "--config.evaluate.limit=100), for the keys this command takes; other --config overrides are "
+            "refused: training fixed them."))
         sub.add_argument("--workdir", required=True, metavar="DIR",
                          help="a trained work directory (andor-jax train); the report is written there unless "
                               "--output is given")
         sub.add_argument("--eps", default=None,
                          help="eps grid, start:stop:step or a,b,c (L-inf); default: evaluate.eps of the work "
                               "directory's config")
-        sub.add_argument("--limit", type=int, default=None,
+        sub.add_argument("--limit", type=int, default=None, metavar="N",
                          help="evaluate the first N test examples (0: all); default: evaluate.limit of the work "
                               "directory's config" + (" (all for certify)" if name == "certify" else ""))
         sub.add_argument("--output", default=None, metavar="DIR",

@@ -332,6 +332,8 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_spectrum(args: argparse.Namespace) -> int:
     """``andor-jax spectrum``: `andor_jax.spectrum.analyse` of the work directories."""
     workdirs = [validation.check_trained_dir(w) for w in args.workdir]
+    if args.data_dir is not None:
+        validation.check_data_dir(args.data_dir)
     start, colon, stop = args.fit.partition(":")
     if not (colon and start.isdigit() and stop.isdigit() and 1 <= int(start) < int(stop)):
         raise validation.InvalidInput(f"--fit {args.fit!r} must be START:STOP with 1 <= START < STOP, e.g. 11:500")

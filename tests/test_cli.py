@@ -87,6 +87,12 @@ def test_every_bundled_config_loads_and_builds_its_model():
         models.build_model(config.model)
 
 
+def test_every_bundled_config_and_variant_passes_the_up_front_checks():
+    for name in config_lib.bundled_configs():
+        for spec in (name, *(f"{name}:{variant}" for variant in config_lib.variants(name))):
+            validation.check_config(config_lib.load_config(spec))
+
+
 def test_attack_settings_parse_and_reject_bad_items():
     assert cli.parse_attack_settings(["pgd.restarts=1", "pgd.step_rule=adadelta", "apgd-ce.steps=50"]) == {
         "pgd": {"restarts": 1, "step_rule": "adadelta"}, "apgd-ce": {"steps": 50}}

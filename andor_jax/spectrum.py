@@ -167,3 +167,21 @@ def analyse(workdirs: Sequence[str | pathlib.Path], *, layer: str | None = None,
     paths["json"].write_text(json.dumps({"fit_range": list(fit_range), "records": records}, indent=1) + "\n")
     plot(records, paths["png"])
     return paths
+
+
+def report_entry(model, variables, x: np.ndarray, fit_range: tuple[int, int] = DEFAULT_FIT_RANGE) -> dict | None:
+    """What a robustness report says about a model's representation: alpha of its first hidden layer
+    (`default_layer`) over the examples ``x``, with the fit range actually used (cut to the rank the
+    examples allow); None for a model without a hidden layer.  Krotov-Hopfield layers add their
+    convergence diagnostic (`andor_jax.evaluators.local.local_layers`)."""
+    from andor_jax.evaluators.local import local_layers
+
+    layer = default_layer(model, variables)
+    if layer == INPUT:
+        return None
+    values = spectrum(model, variables, x, layer)
+    usable = int(np.sum(values > values[0] * 1e-12))
+    fit = fit_alpha(values, (fit_range[0], min(fit_range[1], usable, len(x) - 1)))
+    entry = {"layer": layer, "alpha": fit.alpha, "fit_range": [fit.start, fit.stop], "examples": int(len(x))}
+    local = local_layers(model, variables)
+    return {**entry, "local_layers": local} if local else entry

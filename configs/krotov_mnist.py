@@ -3,7 +3,7 @@
 (Holzhausen et al.'s MNIST script), N(0, 1) initial weights, each image scaled to unit L3 norm.
 
 Only the local layer learns (objective ``krotov``, `andor_jax.objectives.krotov`); the readout is trained
-afterwards by ``krotov_readout_mnist``.  Epochs: 80 (about 15-25 s each on this project's shared 2-core CPU;
+afterwards by ``krotov_readout_mnist``.  Epochs: 40 (about 30-60 s each on this project's shared 2-core CPU;
 Krotov's reference notebook runs 200 epochs of 100 units).  The run is accepted when fewer than 10 % of the
 units are off unit L3 norm by more than 0.01 and no unit has a mean weight below -R/2 (``train_off_norm_fraction``
 and ``train_negative_units`` in metrics.jsonl).
@@ -33,7 +33,7 @@ def get_config(arg=None):
     config.train.momentum = 0.0
     config.train.trainable = ["layers_1"]  # the local layer; the readout waits for krotov_readout_mnist
     config.train.batch_size = 100
-    config.train.epochs = 80
+    config.train.epochs = 40
     if arg == "small":
         small_variant(config)
         config.model.units = 50

@@ -158,3 +158,18 @@ def test_critical_perturbation_of_a_linear_model_is_found_by_bisection():
     np.testing.assert_allclose(result["relative_accuracy"], [(exact > e).mean() for e in grid], atol=1 / 40 + 1e-9)
     assert result["median_critical_eps"] == pytest.approx(np.median(found))
     assert critical.padded_size(5, 256) == 8 and critical.padded_size(300, 256) == 256
+
+
+def test_report_entry_names_the_hidden_layer_and_its_alpha():
+    import ml_collections
+
+    from andor_jax.models import krotov as krotov_model
+
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (120, 784)))
+    model = krotov_model.get_model(units=40)
+    variables = model.init(jax.random.PRNGKey(1), x[:1])
+    entry = spectrum.report_entry(model, variables, x)
+    assert entry["layer"] == "layers_1" and entry["fit_range"] == [11, 40] and np.isfinite(entry["alpha"])
+    assert entry["local_layers"][0]["units"] == 40
+    linear = models.build_model(ml_collections.ConfigDict({"name": "mlp", "hidden": ()}))
+    assert spectrum.report_entry(linear, linear.init(jax.random.PRNGKey(0), x[:1]), x) is None

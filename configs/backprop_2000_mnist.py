@@ -1,5 +1,5 @@
 """Backprop baseline of Holzhausen et al. beside the Krotov-Hopfield network: one hidden layer of 2000 ReLU
-units (784-2000-10), cross-entropy, Adam lr 1e-3, batch 100, 20 epochs, inputs in [0, 1].
+units (784-2000-10), cross-entropy, Adam lr 1e-3, batch 100, 10 epochs, inputs in [0, 1].
 
 Variant ``small``: 784-64-10 on 500 images for 2 epochs.
 """
@@ -18,7 +18,7 @@ def get_config(arg=None):
     config.train.optimizer = "adam"
     config.train.learning_rate = 1e-3
     config.train.batch_size = 100
-    config.train.epochs = 20
+    config.train.epochs = 10
     if arg == "small":
         small_variant(config)
         config.model.hidden = (64,)

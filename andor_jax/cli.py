@@ -251,6 +251,12 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     if getattr(args, "set", None):
         given["attack_settings"] = parse_attack_settings(args.set)
         validation.check_attack_settings(given["attack_settings"])
+    if function.__name__ == "evaluate":
+        validation.check_model_arguments(
+            config.model, labels, psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
+            attack_model=given.get("attack_model", block.get("attack_model", "")),
+            draws={FLAGS[name] if getattr(args, name, None) is not None else f"--config.evaluate.{name}": given[name]
+                   for name in ("eot_draws", "verdict_draws") if name in given})
     recorded = experiment.recorded_data(workdir)
     if recorded is not None:
         data.recorded_location(recorded, args.data_dir)  # a vanished data directory fails here, before loading

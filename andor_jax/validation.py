@@ -339,3 +339,30 @@ def check_batches(examples: int, batch_size: int) -> None:
     if examples < batch_size:
         raise InvalidInput(f"the training split holds {examples} examples, fewer than one batch "
                            f"(train.batch_size = {batch_size}): no training step would run")
+
+
+def check_model_arguments(model_config: ml_collections.ConfigDict, labels: Sequence[str], *, psd: bool,
+                          attack_model: str, draws: Mapping[str, int]) -> None:
+    """What an evaluation asks of the model, checked on the model's definition (no parameters, no data):
+    ``attack_model`` names one of its sub-networks, every gradient tag (``pgd[psd]``, ``psd`` for ``--psd``)
+    is a gradient mode of the attacked network, and ``draws`` (flag -> value: EOT and verdict draws) are
+    given only for a randomised model."""
+    from andor_jax import models
+
+    model = models.build_model(model_config)
+    attacked = model
+    if attack_model:
+        if attack_model not in models.submodels(model):
+            raise InvalidInput(f"evaluate.attack_model {attack_model!r} is not a sub-network of {type(model).__name__} "
+                               f"(its sub-networks: {', '.join(models.submodels(model)) or 'none'})")
+        attacked = getattr(model, attack_model)
+    modes = models.gradient_modes(attacked)
+    tags = {label[:-1].split("[", 1)[1] for label in labels if label.endswith("]") and "[" in label}
+    for tag in sorted(tags | ({"psd"} if psd else set())):
+        if tag not in modes:
+            hint = "--psd and [psd] need a model with pseudo-gradients (MWD layers)" if tag == "psd" else ""
+            raise InvalidInput(f"the attacks ask for the gradient mode {tag!r}, which {type(attacked).__name__} does "
+                               f"not have (its gradient modes: {', '.join(modes)}){'; ' + hint if hint else ''}")
+    given = {flag: value for flag, value in draws.items() if value}
+    if given and not models.randomised(model):
+        raise InvalidInput(f"{' and '.join(given)} apply to randomised models; {type(model).__name__} is deterministic")

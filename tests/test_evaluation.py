@@ -85,8 +85,7 @@ def test_the_key_reaches_the_logits_of_a_randomised_model(noisy):
     np.testing.assert_array_equal(target.logits_fn(x, one), model.apply(variables, x, rngs={"sample": one}))
 
 
-@pytest.mark.parametrize("name, settings", [("pgd", {"steps": 4, "restarts": 2}), ("apgd-ce", {"steps": 6}),
-                                            ("square", {"n_queries": 20})])
+@pytest.mark.parametrize("name, settings", [("pgd", {"steps": 4, "restarts": 2}), ("deepfool", {"max_iter": 3})])
 def test_eot_with_one_draw_and_a_fixed_key_equals_the_plain_attack(noisy, name, settings):
     """Through the registry: EOT over one draw of the model held at a fixed key is, point for point, the
     attack on that deterministic network."""
@@ -98,9 +97,6 @@ def test_eot_with_one_draw_and_a_fixed_key_equals_the_plain_attack(noisy, name, 
     eot = registry.run_attack(name, lambda inputs, draw: held(inputs), x, y, key, 0.1, eot_draws=1, **settings)
     np.testing.assert_array_equal(eot.x_adv, plain.x_adv)
     np.testing.assert_array_equal(eot.broken, plain.broken)
-    several = registry.run_attack(name, lambda inputs, draw: models.logits(model, variables, inputs, key=draw), x, y,
-                                  key, 0.1, eot_draws=3, **settings)
-    assert np.all(np.abs(np.asarray(several.x_adv) - np.asarray(x)) <= 0.1 + 1e-6)
 
 
 def test_the_verdict_is_the_worst_case_over_verdict_draws(monkeypatch):
@@ -142,8 +138,8 @@ def test_fixed_randomness_attacks_one_deterministic_network(noisy, monkeypatch):
 
     monkeypatch.setattr(registry, "run_attack", spying)
     target = evaluation.target_of(model, variables, tags=[], randomness="fixed", verdict_draws=4)
-    outcomes = robustness.run(target.logits_fn, x, y, attacks=["fgsm", "pgd"], eps_grid=[0.05, 0.1],
-                              key=jax.random.PRNGKey(0), overrides={"pgd": {"steps": 3}},
+    outcomes = robustness.run(target.logits_fn, x, y, attacks=["fgsm", "ifgsm"], eps_grid=[0.05, 0.1],
+                              key=jax.random.PRNGKey(0), overrides={"ifgsm": {"steps": 2}},
                               randomness=target.randomness, progress=False)
     for seen in keys_seen[1:]:
         np.testing.assert_array_equal(seen, keys_seen[0])
@@ -153,11 +149,10 @@ def test_fixed_randomness_attacks_one_deterministic_network(noisy, monkeypatch):
 def test_a_named_gradient_mode_is_an_attack_tag_and_a_missing_one_a_clear_error(noisy):
     model, variables, x, y = noisy
     target = evaluation.target_of(model, variables, tags=["smooth"], eot_draws=2, verdict_draws=2)
-    outcomes = robustness.run(target.logits_fn, x, y, attacks=["pgd[smooth]"], eps_grid=[0.1],
+    outcomes = robustness.run(target.logits_fn, x, y, attacks=["fgsm[smooth]"], eps_grid=[0.1],
                               key=jax.random.PRNGKey(0), gradient_logits_fns=target.gradient_logits_fns,
-                              overrides={"pgd": {"steps": 2, "restarts": 1}}, randomness=target.randomness,
-                              progress=False)
-    assert outcomes.settings["attacks"]["pgd[smooth]"]["gradient"] == "smooth"
+                              randomness=target.randomness, progress=False)
+    assert outcomes.settings["attacks"]["fgsm[smooth]"]["gradient"] == "smooth"
     with pytest.raises(ValueError, match=r"gradient mode 'psd', which NoisyLinear does not have \(its gradient "
                                          r"modes: true, smooth\)"):
         evaluation.target_of(model, variables, tags=["psd"])

@@ -122,7 +122,8 @@ def header_of(experiment, variables, workdir: pathlib.Path) -> dict:
             "digest": provenance.digest if provenance else None, "domain": list(config.data.domain),
             "warning": dataset.notice if (provenance and provenance.source == "embedded") or
             "embedded" in dataset.source else None}
-    return {"model": {"config": config.get("name") or "unrecorded (no name in config.json)", "architecture": architecture,
+    return {"model": {"config": config.get("name") or "unrecorded (no name in config.json)",
+                      "architecture": architecture,
                       "settings": settings, "checkpoint_step": _checkpoint_step(workdir),
                       "digest": examples_lib.digest(variables), "randomised": models.randomised(experiment.model)},
             "data": data, "library": f"andor_jax {andor_jax.__version__}",
@@ -203,7 +204,7 @@ def _andness(experiment, variables, inputs, output_dir: pathlib.Path) -> dict:
     one type-B scramble of ``inputs``) and its nics histograms (the paper's Figure 7) as
     ``nics_histograms.png``."""
     from andor_jax import diagnostics
-    from andor_jax.andor_training import settings_of
+    from andor_jax.objectives.andor import settings_of
 
     andor = settings_of(experiment.config.train)
     samples = diagnostics.nics_samples(experiment.model, variables, inputs, jax.random.PRNGKey(experiment.config.seed),

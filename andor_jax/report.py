@@ -181,7 +181,8 @@ def format_header(header: Mapping) -> list[str]:
     model, data = header.get("model", {}), header.get("data", {})
     if model:
         settings = ", ".join(f"{k}={v}" for k, v in model.get("settings", {}).items())
-        lines.append(f"- **Model**: config `{model.get('config', '?')}`, architecture `{model.get('architecture', '?')}`"
+        lines.append(f"- **Model**: config `{model.get('config', '?')}`, "
+                     f"architecture `{model.get('architecture', '?')}`"
                      + (f" ({settings})" if settings else "")
                      + f"; checkpoint step {model.get('checkpoint_step', '?')}"
                      + (f"; parameters sha256 {model['digest'][:16]}" if model.get("digest") else ""))

@@ -99,8 +99,8 @@ def _start(oracle: Oracle, x, y, key, eps, domain, *, norm, restarts, random_sta
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "loss"))
-def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum, improving_fraction, *,
-             norm, steps, loss) -> SearchState:
+def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum,
+             improving_fraction, *, norm, steps, loss) -> SearchState:
     """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input is broken)."""
     loss_fn = LOSSES[loss]
     is_checkpoint, window = (jnp.asarray(a) for a in _schedule(steps))

@@ -25,7 +25,7 @@ def run(model, variables, x: np.ndarray, y: np.ndarray, eps_grid: Sequence[float
         raise ValueError(f"{type(model).__name__} is a randomised model: interval bound propagation certifies "
                          "deterministic networks only")
     predict = jax.jit(lambda inputs: jnp.argmax(models.logits(model, variables, inputs), axis=-1))
-    correct = sum(int(np.sum(np.asarray(predict(jnp.asarray(x[start:start + CLEAN_BATCH]))) == y[start:start + CLEAN_BATCH]))
-                  for start in range(0, len(x), CLEAN_BATCH))
+    correct = sum(int(np.sum(np.asarray(predict(jnp.asarray(x[i:i + CLEAN_BATCH]))) == y[i:i + CLEAN_BATCH]))
+                  for i in range(0, len(x), CLEAN_BATCH))
     accuracy = bounds.certified_accuracy(model, variables, x, y, list(eps_grid), domain=tuple(domain))
     return {"clean_accuracy": correct / len(x), "certified_accuracy": {eps_key(e): a for e, a in accuracy.items()}}

@@ -199,14 +199,37 @@ FLAGS = {"attacks": "--attacks", "eps": "--eps", "limit": "--limit", "eot_draws"
          "verdict_draws": "--verdict-draws"}
 
 
-def evaluation_arguments(args: argparse.Namespace, overrides: list[str], function) -> dict:
-    """The keyword arguments of ``function`` (`evaluation.evaluate` or `evaluation.certify`) for this
-    command, after every check that needs no data and no model.
+def evaluate_overrides(command: str, overrides: list[str], config, parameters, args) -> tuple[dict, object]:
+    """The ``--config.evaluate.KEY=VALUE`` overrides as arguments ``{KEY: value}`` of the command's function
+    (whose ``parameters`` they must name), and the evaluation block with them applied.  Overrides of any other
+    key are refused (training fixed them), as is a flag given with its override."""
+    names = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if not key.startswith("evaluate.") or key.count(".") != 1:
+            raise validation.InvalidInput(
+                f"{command} takes --config.evaluate.KEY=VALUE overrides only (the rest of the config is fixed "
+                f"by training), got --config.{item}")
+        name = key.removeprefix("evaluate.")
+        if name not in parameters or name in ("workdir", "data_dir", "output_dir", "progress"):
+            accepted = [p for p in parameters if p in config.evaluate]
+            raise validation.InvalidInput(f"--config.{key} cannot be applied to {command}: it takes "
+                                          f"--config.evaluate.KEY for {', '.join(accepted)}")
+        if name in FLAGS and getattr(args, name, None) is not None:
+            raise validation.InvalidInput(f"give {FLAGS[name]} or --config.{key}, not both")
+        names.append(name)
+    block = config_lib.apply_overrides(config, overrides).evaluate
+    return {name: block[name].to_dict() if hasattr(block[name], "to_dict") else block[name] for name in names}, block
 
-    ``--config.evaluate.KEY=VALUE`` overrides become the argument ``KEY`` of ``function``; an override of any
-    other key (training is over) or of a key ``function`` takes no argument for is refused, as is giving a
-    flag and its override both.  Values left unset come from the work directory's config, and are checked
-    too: the eps grid against the input domain and the attacks' norms, attack names, settings, limits.
+
+def evaluation_arguments(args: argparse.Namespace, overrides: list[str], function) -> tuple[dict, pathlib.Path]:
+    """The keyword arguments of ``function`` (`evaluation.evaluate` or `evaluation.certify`) for this command
+    and the directory the report goes to, after every check that needs neither data nor trained parameters.
+
+    Flags and ``--config.evaluate.KEY=VALUE`` overrides (`evaluate_overrides`) become arguments; values left
+    unset come from the work directory's config and are checked too: the eps grid against the input domain
+    and the attacks' norms, attack names and settings, limits, draws, gradient tags against the model's
+    definition, and the recorded training data's directory.
     """
     from andor_jax import data, experiment
 
@@ -215,43 +238,24 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     if args.data_dir is not None:
         validation.check_data_dir(args.data_dir)
     config = experiment.read_config(workdir)
-    parameters = inspect.signature(function).parameters
-    given: dict = {}
-    for item in overrides:
-        key = item.partition("=")[0]
-        if not key.startswith("evaluate.") or key.count(".") != 1:
-            raise validation.InvalidInput(
-                f"{args.command} takes --config.evaluate.KEY=VALUE overrides only (the rest of the config is fixed "
-                f"by training), got --config.{item}")
-        name = key.removeprefix("evaluate.")
-        if name not in parameters or name in ("workdir", "data_dir", "output_dir", "progress"):
-            accepted = [p for p in parameters if p in config.evaluate]
-            raise validation.InvalidInput(f"--config.{key} cannot be applied to {args.command}: it takes "
-                                          f"--config.evaluate.KEY for {', '.join(accepted)}")
-        if name in FLAGS and getattr(args, name, None) is not None:
-            raise validation.InvalidInput(f"give {FLAGS[name]} or --config.{key}, not both")
-        given[name] = None
-    block = config_lib.apply_overrides(config, overrides).evaluate
-    for name in given:
-        given[name] = block[name].to_dict() if hasattr(block[name], "to_dict") else block[name]
-
-    domain = data.check_domain(config.data.domain)
-    labels, _ = validation.check_evaluate_block(block, domain, validation.input_size(config))
+    given, block = evaluate_overrides(args.command, overrides, config, inspect.signature(function).parameters, args)
+    domain, size = data.check_domain(config.data.domain), validation.input_size(config)
+    labels, _ = validation.check_evaluate_block(block, domain, size)
     if getattr(args, "attacks", None) is not None:
         labels = given["attacks"] = validation.attack_names(args.attacks)
-    norms = validation.check_attacks(labels) if function.__name__ == "evaluate" else ["linf"]  # IBP: L-inf
+    norms = validation.check_attacks(labels) if args.command == "evaluate" else ["linf"]  # IBP bounds L-inf balls
     if args.eps is not None:
         given["eps"] = validation.parse_eps_grid(args.eps)
     if "eps" in given:
-        given["eps"] = validation.check_eps_grid(validation.eps_values(given["eps"], "--eps"), domain, norms,
-                                                 validation.input_size(config), name="--eps")
+        given["eps"] = validation.check_eps_grid(validation.eps_values(given["eps"], "--eps"), domain, norms, size,
+                                                 name="--eps")
     for name, minimum in (("limit", 0), ("eot_draws", 0), ("verdict_draws", 1)):
         if getattr(args, name, None) is not None:
             given[name] = validation.check_int(FLAGS[name], getattr(args, name), minimum)
     if getattr(args, "set", None):
         given["attack_settings"] = parse_attack_settings(args.set)
         validation.check_attack_settings(given["attack_settings"])
-    if function.__name__ == "evaluate":
+    if args.command == "evaluate":
         validation.check_model_arguments(
             config.model, labels, psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
             attack_model=given.get("attack_model", block.get("attack_model", "")),
@@ -260,7 +264,7 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     recorded = experiment.recorded_data(workdir)
     if recorded is not None:
         data.recorded_location(recorded, args.data_dir)  # a vanished data directory fails here, before loading
-    return {"data_dir": args.data_dir, "output_dir": args.output, **given, "_output": output}
+    return {"data_dir": args.data_dir, "output_dir": args.output, **given}, output
 
 
 def announce_resume(output_dir: pathlib.Path) -> None:
@@ -323,8 +327,7 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     from andor_jax import evaluation
 
     function = evaluation.evaluate if args.command == "evaluate" else evaluation.certify
-    kwargs = evaluation_arguments(args, overrides, function)
-    output = kwargs.pop("_output")
+    kwargs, output = evaluation_arguments(args, overrides, function)
     if args.command == "evaluate":
         announce_resume(output)
         kwargs.update(certify=args.certify or kwargs.get("certify", False),

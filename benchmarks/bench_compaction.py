@@ -24,6 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from andor_jax import experiment as experiment_lib  # noqa: E402
+from andor_jax import models  # noqa: E402
 from andor_jax.attacks import registry  # noqa: E402
 from andor_jax.evaluators.robustness import split_label  # noqa: E402
 from common import interleaved_medians, write_json  # noqa: E402
@@ -46,14 +47,19 @@ def main(argv=None) -> dict:
     x = np.asarray(experiment.dataset.x_test[:args.n])
     y = np.asarray(experiment.dataset.y_test[:args.n])
     domain = tuple(experiment.config.data.domain)
-    logits_fn = jax.jit(experiment.logits_fn(variables, rho=0.0))
-    gradient_fns = {None: None, "psd": experiment.logits_fn(variables, rho=1.0)}
+    logits_fn = jax.jit(lambda inputs: models.logits(experiment.model, variables, inputs))
+    gradient_fns = {None: None, **{mode: lambda inputs, mode=mode: models.logits(experiment.model, variables, inputs,
+                                                                                  gradient=mode)
+                                   for mode in models.gradient_modes(experiment.model)}}
     key = jax.random.PRNGKey(0)
 
     figures = {"checkpoint": args.checkpoint, "n": len(y), "eps": args.eps, "backend": jax.default_backend(),
                "load_average": list(os.getloadavg()), "attacks": {}}
     for label in args.attacks.split(","):
         name, tag = split_label(label)
+        if tag not in gradient_fns:
+            raise ValueError(f"{label!r}: the model has no gradient mode {tag!r} "
+                             f"(its modes: {models.gradient_modes(experiment.model)})")
         if "compact_every" not in registry.settings_of(name):
             raise ValueError(f"attack {name!r} does not compact; choose among those with a compact_every setting")
         outcomes = {}

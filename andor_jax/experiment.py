@@ -289,6 +289,20 @@ def accuracy(apply_fn, variables: PyTree, x: np.ndarray, y: np.ndarray, batch_si
     return correct / len(x)
 
 
+def check_unrecorded(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:
+    """For a work directory without a data record (trained by an older version, or on data given in
+    memory): refuses the embedded sample when it is only the offline fallback of ``source='auto'`` (the
+    silent evaluation of a full-MNIST model on MNIST training images), and otherwise says that the data
+    cannot be checked."""
+    if dataset.provenance is not None and dataset.provenance.source == "embedded" and config.source != "embedded":
+        raise data.DataMismatchError(
+            f"{workdir} does not record the data it was trained on ({DATA_RECORD} is missing) and no data directory "
+            f"was found, so only the embedded 5,000-image sample is at hand; pass --data-dir PATH to the data it "
+            f"was trained on")
+    print(f"note: {workdir} does not record the data it was trained on; using {dataset.source}, "
+          f"which cannot be checked to be that data", file=sys.stderr)
+
+
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The resolved config a work directory was trained with (its ``config.json``)."""
     config_path = pathlib.Path(workdir) / "config.json"
@@ -314,8 +328,7 @@ def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
         recorded = recorded_data(workdir)
         dataset = load_data(config.data, data_dir, recorded=recorded)
         if recorded is None:
-            print(f"note: {workdir} does not record the data it was trained on; using {dataset.source}, "
-                  f"which cannot be checked to be that data", file=sys.stderr)
+            check_unrecorded(workdir, config.data, dataset)
     elif dataset is None:
         dataset = data.blank(config.data.dataset, domain=tuple(config.data.domain), flatten=config.data.flatten,
                              count=config.train.batch_size)

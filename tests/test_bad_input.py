@@ -283,6 +283,26 @@ def test_moved_training_data_is_accepted_and_evaluate_overrides_are_applied(caps
     assert [section["examples"]["count"] for section in report["example_sets"].values()] == [7]
 
 
+def test_unrecorded_work_directory_is_not_evaluated_on_the_fallback_sample(capsys, trained, tmp_path, monkeypatch):
+    """A work directory of an older version (no data.json), offline, no --data-dir: the embedded sample would
+    stand in for the data it was trained on; that is refused, naming the flag."""
+    import dataclasses
+    import socket
+
+    from andor_jax import data, experiment
+
+    with socket.socket() as s:  # a loopback port nobody listens on: every download fails at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(data.MNIST, mirrors=(closed,)))
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(experiment, "_NOTICES_SHOWN", {data.EMBEDDED_SOURCE})  # the notice is tested elsewhere
+    workdir = copy_of(trained, tmp_path)
+    (workdir / "data.json").unlink()
+    assert_refused(capsys, ["certify", "--workdir", workdir], "does not record the data it was trained on", workdir)
+
+
 @pytest.mark.parametrize("name, content, expected", [
     ("config.json", "{not json", "config.json: not valid JSON"),
     ("data.json", "[1, 2", "data.json: not valid JSON"),

@@ -173,3 +173,14 @@ def test_eps_range_never_passes_its_stop():
 def test_writable_dir_check_creates_nothing(tmp_path):
     assert validation.check_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resumed_training_defaults_to_the_recorded_data(trained_workdir, tmp_path, capsys):
+    import shutil
+
+    workdir = shutil.copytree(trained_workdir, tmp_path / "copy")
+    capsys.readouterr()
+    assert cli.main(["train", "--config", "relu_mlp_mnist", "--workdir", str(workdir), "--no-progress", *SMALL,
+                     "--config.train.epochs=2"]) == 0  # no --data-dir: the recorded directory, not the sample
+    assert "embedded" not in capsys.readouterr().err
+    assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 2

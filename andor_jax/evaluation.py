@@ -40,13 +40,30 @@ class Target(NamedTuple):
     randomness: robustness.Randomness | None
 
 
-def _sub_network(model, variables, name: str):
-    """The sub-network ``name`` of ``model`` (a field of the module) and its variables (``variables[c][name]``
-    for every collection)."""
-    if name not in models.submodels(model):
-        raise ValueError(f"evaluate.attack_model {name!r} is not a sub-network of {type(model).__name__} "
+def _attacked(model, attack_model: str):
+    """The network the attacks see: ``model``, or its sub-network ``attack_model`` (a field of the module)."""
+    if not attack_model:
+        return model
+    if attack_model not in models.submodels(model):
+        raise ValueError(f"evaluate.attack_model {attack_model!r} is not a sub-network of {type(model).__name__} "
                          f"(its sub-networks: {list(models.submodels(model)) or 'none'})")
-    return getattr(model, name), {collection: tree[name] for collection, tree in variables.items() if name in tree}
+    return getattr(model, attack_model)
+
+
+def check_request(model, *, tags: Sequence[str], attack_model: str = "") -> None:
+    """ValueError, before any work, for gradient modes the attacked network lacks (``--psd`` or ``[psd]`` on
+    a model without pseudo-gradients), an unknown sub-network, or a randomised sub-network of a
+    deterministic model.  Needs the model's declarations only, not its parameters."""
+    attacked = _attacked(model, attack_model)
+    modes = models.gradient_modes(attacked)
+    for tag in tags:
+        if tag not in modes:
+            raise ValueError(f"the attacks ask for the gradient mode {tag!r}, which {type(attacked).__name__} "
+                             f"does not have (its gradient modes: {', '.join(modes)}); "
+                             + ("--psd and [psd] need a model with pseudo-gradients (MWD layers)" if tag == "psd"
+                                else "name one of its modes"))
+    if models.randomised(attacked) and not models.randomised(model):
+        raise ValueError(f"the sub-network {attack_model!r} is randomised but the whole model is not")
 
 
 def target_of(model, variables, *, tags: Sequence[str], attack_model: str = "", eot_draws: int = 0,
@@ -63,18 +80,11 @@ def target_of(model, variables, *, tags: Sequence[str], attack_model: str = "", 
       verdict_draws: forward passes judging each point, for a randomised model.
       randomness: ``'fresh'`` or ``'fixed'`` (`Randomness.mode`).
     """
-    attacked, attacked_variables = (model, variables) if not attack_model else _sub_network(model, variables,
-                                                                                            attack_model)
-    modes = models.gradient_modes(attacked)
-    for tag in tags:
-        if tag not in modes:
-            raise ValueError(f"the attacks ask for the gradient mode {tag!r}, which {type(attacked).__name__} "
-                             f"does not have (its gradient modes: {', '.join(modes)}); "
-                             + ("--psd and [psd] need a model with pseudo-gradients (MWD layers)" if tag == "psd"
-                                else "name one of its modes"))
+    check_request(model, tags=tags, attack_model=attack_model)
+    attacked = _attacked(model, attack_model)
+    attacked_variables = variables if not attack_model else {
+        collection: tree[attack_model] for collection, tree in variables.items() if attack_model in tree}
     whole_random, attacked_random = models.randomised(model), models.randomised(attacked)
-    if attacked_random and not whole_random:
-        raise ValueError(f"the sub-network {attack_model!r} is randomised but the whole model is not")
     if not whole_random:
         def forward(m, v, gradient=None):
             return lambda x: models.logits(m, v, x, gradient=gradient)
@@ -157,18 +167,25 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     (still correct under that attack).
     """
     workdir = pathlib.Path(workdir)
-    experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
-    settings = experiment.config.evaluate
-    model = experiment.model
+    config = experiment_lib.read_config(workdir)
+    settings = config.evaluate
     attack_names = _names(settings.attacks if attacks is None else attacks)
     eps_grid = list(eps if eps is not None else settings.eps)
     double_with_psd = pseudo_gradient_attacks or settings.pseudo_gradient_attacks
     tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in attack_names) if tag}
                   | ({"psd"} if double_with_psd else set()))
-    if not models.randomised(model) and (eot_draws or verdict_draws):
-        raise ValueError(f"--eot and --verdict-draws apply to randomised models; {type(model).__name__} is "
-                         "deterministic")
     attack_model = settings.attack_model if attack_model is None else attack_model
+    declared = models.build_model(config.model)  # its declarations decide what may be asked, before any loading
+    check_request(declared, tags=tags, attack_model=attack_model)
+    if not models.randomised(declared) and (eot_draws or verdict_draws):
+        raise ValueError(f"--eot and --verdict-draws apply to randomised models; {type(declared).__name__} is "
+                         "deterministic")
+    certify = certify or settings.certify
+    if certify and models.randomised(declared):
+        raise ValueError(f"{type(declared).__name__} is randomised: interval bound propagation certifies "
+                         "deterministic networks only; evaluate without --certify")
+    experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
+    model = experiment.model
     target = target_of(model, variables, tags=tags, attack_model=attack_model,
                        eot_draws=settings.eot_draws if eot_draws is None else eot_draws,
                        verdict_draws=settings.verdict_draws if verdict_draws is None else verdict_draws,
@@ -188,7 +205,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
         attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
         attack_model=attack_model)
     results = {"robustness": report_lib.robustness_summary(outcomes)}
-    if certify or settings.certify:
+    if certify:
         results["certified"] = certify_lib.run(model, variables, x, y, eps_grid, domain=domain)
     entries = [(examples, results)]
     if experiment.config.train.get("objective") == "andor":

@@ -238,12 +238,14 @@ def test_certify_on_other_examples_never_combines_with_the_evaluation(trained_wo
     assert len(report["example_sets"]) == 2
 
 
-def test_psd_on_a_model_without_pseudo_gradients_fails_before_any_attack(trained_workdir, synthetic_mnist_dir,
-                                                                         monkeypatch):
+def test_psd_on_a_model_without_pseudo_gradients_fails_before_any_work(trained_workdir, synthetic_mnist_dir,
+                                                                       monkeypatch):
+    """From the model's declarations alone: neither the checkpoint nor the data is loaded."""
     def never(*args, **kwargs):
-        raise AssertionError("no attack may run")
+        raise AssertionError("nothing may be loaded or attacked")
 
     monkeypatch.setattr(registry, "run_attack", never)
+    monkeypatch.setattr(evaluation.experiment_lib, "load_trained", never)
     for extra in (["--psd"], ["--attacks", "fgsm,pgd[psd]"], ["--eot", "3"]):
         assert cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
                          "--no-progress", "--limit", "10", *extra]) == 2, extra

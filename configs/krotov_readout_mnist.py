@@ -3,7 +3,7 @@
 
 The run starts from the local run's work directory (``train.init_from``, default ``runs/krotov_mnist``;
 pass ``--config.train.init_from=DIR``) and trains the readout only (``train.trainable = ["layers_3"]``).
-Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU), 20 epochs.
+Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU), 10 epochs.
 
 Variant ``small``: the readout of ``krotov_mnist:small``.
 """
@@ -23,5 +23,5 @@ def get_config(arg=None):
     config.train.learning_rate = 1e-3
     config.train.trainable = ["layers_3"]
     config.train.init_from = "runs/krotov_mnist_small" if arg == "small" else "runs/krotov_mnist"
-    config.train.epochs = 2 if arg == "small" else 20
+    config.train.epochs = 2 if arg == "small" else 10
     return config

@@ -294,12 +294,27 @@ def check_data_dir(path) -> pathlib.Path:
     return path
 
 
+def check_model_sizes(model: ml_collections.ConfigDict) -> None:
+    """Every integer of a ``model`` block (widths, channels, kernel sizes, depths; inside tuples too) is
+    >= 1: a layer of width 0 builds no network (its initialisation divides by its fan-in)."""
+    for path, value in _leaves(model, "model."):
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if _is_int(item) and item < 1:
+                raise InvalidInput(f"config key {path} holds {item!r}: the sizes of a model are integers >= 1")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Every check of a config that trains: its numbers, its data domain and source, and its evaluation
-    block (limit, eps grid against the domain, attack names and settings), which `andor-jax run` uses."""
+    """Every check of a config that trains: its numbers, model sizes, data domain and source, and its
+    evaluation block (limit, eps grid against the domain, attack names and settings), which `andor-jax run`
+    uses."""
     from andor_jax import data
 
     check_numbers(config)
+    check_model_sizes(config.model)
+    from andor_jax import models, train  # the definitions only (no parameters): unknown names fail here
+
+    models.build_model(config.model)
+    train.make_optimizer(config.train)
     domain = data.check_domain(config.data.domain)
     if config.data.get("source", "auto") not in data.SOURCES:
         raise InvalidInput(f"config key data.source: unknown source {config.data.source!r}; use one of "

@@ -102,6 +102,10 @@ TRAIN_SETTINGS = [
     ("--config.evaluate.limit=-5", "evaluate.limit must be an integer >= 0"),
     ("--config.evaluate.batch_size=0", "evaluate.batch_size must be an integer >= 1"),
     ("--config.train.epochz=3", "unknown config key 'train.epochz'"),
+    ("--config.model.hidden=(16,0)", "config key model.hidden holds 0: the sizes of a model are integers >= 1"),
+    ("--config.model.hidden=(-4,)", "config key model.hidden holds -4"),
+    ("--config.model.name=nosuch", "unknown architecture 'nosuch'"),
+    ("--config.train.optimizer=nadam", "unknown optimizer 'nadam'"),
 ]
 
 

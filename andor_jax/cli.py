@@ -135,9 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGNAL[stop.signum]
     except KeyboardInterrupt:  # training stopped by a signal (it has said so and saved a checkpoint)
         return EXIT_SIGNAL[signal.SIGINT]
-    except (ValueError, OSError) as err:
+    except user_errors() as err:
         print(f"andor-jax {args.command}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a bad input raises: ValueError (and its kinds: `validation.InvalidInput`, `data.DataError`, ...),
+    OSError (a path), and a model that cannot do what was asked (certifying through a layer without an
+    interval rule).  Called only once an exception is raised, so that ``--help`` imports nothing heavy."""
+    from andor_jax.layers.base import MissingIntervalRuleError
+
+    return ValueError, OSError, MissingIntervalRuleError
 
 
 class Interrupted(KeyboardInterrupt):

@@ -12,6 +12,10 @@ What is checked:
 - eps grids (`parse_eps_grid`, `check_eps_grid`): finite, >= 0, increasing ranges, and within the input
   domain's diameter in the attack's norm (a larger ball holds every input);
 - attack names and attack settings (`check_attacks`, `check_attack_settings`) against the registry;
+- the model's definition, built without parameters or data (`check_config`, `check_model_sizes`,
+  `check_model_arguments`): sizes >= 1, known architecture and optimiser, gradient tags (``pgd[psd]``) among
+  the model's gradient modes, EOT draws only for randomised models;
+- a training split that makes at least one batch (`check_batches`, once the data is read);
 - paths (`check_writable_dir`, `check_trained_dir`, `check_data_dir`): what must be a directory is not a file,
   and what will be written is writable (tried, not guessed from permission bits).
 """

@@ -21,6 +21,7 @@ import andor_jax
 from andor_jax import experiment as experiment_lib
 from andor_jax import models
 from andor_jax import report as report_lib
+from andor_jax import spectrum as spectrum_lib
 from andor_jax.evaluators import certify as certify_lib
 from andor_jax.evaluators import examples as examples_lib
 from andor_jax.evaluators import robustness
@@ -132,7 +133,7 @@ def header_of(experiment, variables, workdir: pathlib.Path) -> dict:
             "digest": provenance.digest if provenance else None, "domain": list(config.data.domain),
             "warning": dataset.notice if (provenance and provenance.source == "embedded") or
             "embedded" in dataset.source else None}
-    return {"model": {"config": config.get("name") or "unrecorded (no name in config.json)",
+    return {"model": {"config": config.get("name") or "unrecorded",
                       "architecture": architecture,
                       "settings": settings, "checkpoint_step": _checkpoint_step(workdir),
                       "digest": examples_lib.digest(variables), "randomised": models.randomised(experiment.model)},
@@ -207,6 +208,9 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     results = {"robustness": report_lib.robustness_summary(outcomes)}
     if certify:
         results["certified"] = certify_lib.run(model, variables, x, y, eps_grid, domain=domain)
+    hidden = spectrum_lib.report_entry(model, variables, x)
+    if hidden is not None:
+        results["spectrum"] = hidden
     entries = [(examples, results)]
     if experiment.config.train.get("objective") == "andor":
         andness_x, andness_y, andness_examples = examples_lib.first_examples(x, y, ANDNESS_EXAMPLES)

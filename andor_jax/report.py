@@ -30,7 +30,7 @@ from andor_jax.evaluators.robustness import Outcomes, eps_key
 MASKING_MARGIN = 0.01       # a gradient-free attack ahead of every gradient attack by more flags masking
 CHANCE_CEILING = 0.2        # robust accuracy allowed at the largest eps when that eps is half the domain,
 CHANCE_EPS_FRACTION = 0.5   # i.e. eps >= 0.5 (hi - lo), e.g. 0.5 on [0, 1] (L-inf)
-RESULT_KINDS = ("robustness", "certified", "andness")
+RESULT_KINDS = ("robustness", "certified", "andness", "spectrum")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,6 +270,20 @@ def _format_andness(andness: Mapping) -> list[str]:
     return lines
 
 
+def _format_spectrum(spectrum: Mapping) -> list[str]:
+    """Alpha of the first hidden layer (`andor_jax.spectrum.report_entry`) and any local layer's diagnostic."""
+    start, stop = spectrum["fit_range"]
+    lines = ["### Covariance spectrum", "",
+             f"Layer `{spectrum['layer']}`: alpha **{spectrum['alpha']:.3f}** (least squares of log(lambda_n / "
+             f"lambda_1) on log n, n = {start}..{stop}, over these {spectrum['examples']} examples, float64).", ""]
+    for local in spectrum.get("local_layers", []):
+        lines += [f"Local layer `{local['layer']}` ({local['units']} units, p = {local['p']:g}, R = "
+                  f"{local['radius']:g}): {_percent(local['off_norm_fraction'])}% of units off norm by > 0.01, "
+                  f"{int(local['negative_units'])} with mean weight < -R/2: "
+                  f"{'accepted' if local['accepted'] else 'not accepted'} (< 10% and none).", ""]
+    return lines
+
+
 def format_entry(entry: Mapping) -> list[str]:
     """One example set's section: its examples, then every result computed on exactly them."""
     examples = entry["examples"]
@@ -290,6 +304,8 @@ def format_entry(entry: Mapping) -> list[str]:
         lines += _format_certified(certified)
     if entry.get("andness"):
         lines += _format_andness(entry["andness"])
+    if entry.get("spectrum"):
+        lines += _format_spectrum(entry["spectrum"])
     return lines
 
 

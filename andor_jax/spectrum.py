@@ -169,19 +169,30 @@ def analyse(workdirs: Sequence[str | pathlib.Path], *, layer: str | None = None,
     return paths
 
 
+MAX_REPORT_FEATURES = 4096  # a wider first layer (a convolution's feature maps) is left out of reports
+
+
 def report_entry(model, variables, x: np.ndarray, fit_range: tuple[int, int] = DEFAULT_FIT_RANGE) -> dict | None:
     """What a robustness report says about a model's representation: alpha of its first hidden layer
     (`default_layer`) over the examples ``x``, with the fit range actually used (cut to the rank the
-    examples allow); None for a model without a hidden layer.  Krotov-Hopfield layers add their
-    convergence diagnostic (`andor_jax.evaluators.local.local_layers`)."""
+    examples allow); None for a randomised model, a model without a hidden layer or one wider than
+    `MAX_REPORT_FEATURES`.  Krotov-Hopfield layers add their convergence diagnostic
+    (`andor_jax.evaluators.local.local_layers`)."""
     from andor_jax.evaluators.local import local_layers
 
+    if models.randomised(model):
+        return None
     layer = default_layer(model, variables)
     if layer == INPUT:
         return None
+    width = jax.eval_shape(lambda v, xb: models.representation(model, v, xb, [layer]), variables, x[:1]).shape[-1]
+    if width > MAX_REPORT_FEATURES:
+        return None
     values = spectrum(model, variables, x, layer)
-    usable = int(np.sum(values > values[0] * 1e-12))
-    fit = fit_alpha(values, (fit_range[0], min(fit_range[1], usable, len(x) - 1)))
+    stop = min(fit_range[1], int(np.sum(values > values[0] * 1e-12)), len(x) - 1)
+    if stop <= fit_range[0]:
+        return None
+    fit = fit_alpha(values, (fit_range[0], stop))
     entry = {"layer": layer, "alpha": fit.alpha, "fit_range": [fit.start, fit.stop], "examples": int(len(x))}
     local = local_layers(model, variables)
     return {**entry, "local_layers": local} if local else entry

@@ -173,3 +173,15 @@ def test_report_entry_names_the_hidden_layer_and_its_alpha():
     assert entry["local_layers"][0]["units"] == 40
     linear = models.build_model(ml_collections.ConfigDict({"name": "mlp", "hidden": ()}))
     assert spectrum.report_entry(linear, linear.init(jax.random.PRNGKey(0), x[:1]), x) is None
+
+
+def test_report_shows_alpha_and_the_local_layer_diagnostic():
+    from andor_jax import report
+
+    entry = {"examples": {"description": "first 100 test examples", "count": 100, "indices_digest": "a",
+                          "data_digest": "b"},
+             "spectrum": {"layer": "layers_1", "alpha": 1.234, "fit_range": [11, 99], "examples": 100,
+                          "local_layers": [{"layer": "layers_1", "units": 2000, "p": 3.0, "radius": 1.0,
+                                            "off_norm_fraction": 0.05, "negative_units": 0.0, "accepted": True}]}}
+    text = "\n".join(report.format_entry(entry))
+    assert "alpha **1.234**" in text and "n = 11..99" in text and "accepted" in text

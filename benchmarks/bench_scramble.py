@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from andor_jax import andor_training, models, train  # noqa: E402
+from andor_jax import models, train  # noqa: E402
+from andor_jax.objectives.andor import default_settings  # noqa: E402
 from common import median_seconds, write_json  # noqa: E402
 
 BATCH = 200
@@ -28,7 +29,7 @@ BATCH = 200
 def train_config(objective: str, scrambles: int, sds_size: int) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 5e-4, "momentum": 0.9,
                                         "loss": "cross_entropy", "objective": objective})
-    config.andor = andor_training.default_settings()
+    config.andor = default_settings()
     config.andor.num_scrambles = scrambles
     config.andor.sds_size = sds_size
     return config

@@ -1,6 +1,11 @@
-"""AND/OR layers (Fontana): L1 projection, AND-type activation, interval rules, LeNet builders, the
-'andor' objective and weight concentration."""
+"""AND/OR networks (Fontana, arXiv 2102.07389; issue 14): L1 projection, AND-type activation, interval
+rules, initialisations, logits, the LeNet with the author's skip connection, the 'andor' objective (the
+author's per-neuron directions, the warm-up in steps, training health) and weight concentration.
+
+Compilation dominates: the AND/OR LeNet's training step is compiled once (the ``lenet_run`` fixture) and
+the tests about learning, the skip connection and health read its results."""
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,13 +13,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from andor_jax import andor_training, models, train
+from andor_jax import bounds, models, train
+from andor_jax.config import load_config
 from andor_jax.interval import Interval
-from andor_jax.layers.andor import (AndActivation, AndOrConv, AndOrDense, and_activation, andor_lenet, l1_project,
-                                    lenet)
+from andor_jax.layers.andor import (AndActivation, AndOrConv, AndOrDense, and_activation, l1_project, on_ceiling,
+                                    on_floor, sparse_init)
+from andor_jax.layers.base import get_path, walk
 from andor_jax.layers.standard import Activation, BatchNorm, Conv, Dense, Flatten, MaxPool
 from andor_jax.models import Sequential
-
+from andor_jax.objectives import andor
+from conftest import synthetic_digits
 
 def norms(kernel):
     """(P, N) per neuron (last axis)."""
@@ -177,41 +185,104 @@ def test_certification_affine_view_of_the_last_layer():
     np.testing.assert_allclose(x @ kernel + bias, layer.apply(variables, x), rtol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------- builders
+# ------------------------------------------------------------------------------------------- builders and init
 
-def test_lenet_builders_share_the_architecture():
+def andor_kernels(model, params):
+    """Every AND/OR layer's (path, kernel), nested layers included."""
+    return [(path, np.asarray(p["kernel"])) for path, layer, p in walk(model, params) if isinstance(layer, AndOrDense)
+            or isinstance(layer, AndOrConv)]
+
+
+def test_lenet_builders_share_the_architecture_and_the_skip_connection():
     x = jnp.zeros((2, 28, 28, 1))
-    defended, control = Sequential(andor_lenet()), Sequential(lenet())
-    shapes = [jax.tree.map(jnp.shape, jax.eval_shape(m.init, jax.random.PRNGKey(0), x)["params"])
-              for m in (defended, control)]
-    assert shapes[0] == shapes[1]
-    assert shapes[0]["layers_7"]["kernel"] == (256, 120)        # 4 x 4 x 16 flattened
-    assert [type(l) for l in defended.layers if hasattr(l, "project")] == [AndOrConv, AndOrConv] + [AndOrDense] * 3
-    assert [type(l) for l in control.layers if isinstance(l, (Conv, Dense))] == [Conv, Conv] + [Dense] * 3
-    assert [l.bias_bound for l in defended.layers if hasattr(l, "project")] == [0.5, 1.0, 2.0, 2.0, 2.0]
-    assert models.build_model(ml_collections.ConfigDict({"name": "andor_lenet"})).layers[-1].features == 10
+    shapes = {}
+    for name, skip in (("andor_lenet", False), ("lenet", False), ("andor_lenet", True), ("lenet", True)):
+        model = models.build_model(ml_collections.ConfigDict({"name": name, "skip": skip}))
+        shapes[name, skip] = jax.tree.map(jnp.shape, jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"])
+    assert shapes["andor_lenet", False] == shapes["lenet", False]
+    assert shapes["andor_lenet", True] == shapes["lenet", True]
+    assert shapes["andor_lenet", False]["layers_7"]["kernel"] == (256, 120)        # 4 x 4 x 16 flattened
+    assert shapes["andor_lenet", True]["layers_9"]["branches_1_0"]["kernel"] == (120, 84)
+    assert shapes["andor_lenet", True]["layers_10"]["kernel"] == (120 + 84, 10)    # fc3 and fc4 side by side
+    defended = models.build_model(ml_collections.ConfigDict({"name": "andor_lenet", "skip": True}))
+    layers = [layer for _, layer, _ in walk(defended) if hasattr(layer, "bias_bound") and layer.bias_bound]
+    assert [type(l) for l in layers] == [AndOrConv, AndOrConv] + [AndOrDense] * 3
+    assert [l.bias_bound for l in layers] == [0.5, 1.0, 2.0, 2.0, 2.0]
+    assert [l.raw_output for l in layers] == [False] * 4 + [True]                  # the author's logits
     with pytest.raises(ValueError, match="one bias bound per affine layer"):
-        andor_lenet(bias_bounds=(1.0,))
+        models.build_model(ml_collections.ConfigDict({"name": "andor_lenet", "bias_bounds": (1.0,)}))
 
 
-# ------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("negative", [0.0, 0.6])
+def test_sparse_init_starts_every_neuron_at_its_budget(negative):
+    kernel = np.asarray(sparse_init(jax.random.PRNGKey(0), (5, 5, 4, 16), 0.2, 20.0, negative))
+    p, n = norms(kernel)
+    np.testing.assert_allclose(p, 20.0, rtol=1e-5)
+    np.testing.assert_allclose(n, negative * 20.0, rtol=1e-5, atol=1e-6)
+    share = np.mean(kernel > 0, axis=(0, 1, 2))
+    assert np.all((share > 0.1) & (share < 0.3))                                   # density 0.2 of 100
+    np.testing.assert_allclose(l1_project(jnp.asarray(kernel), 20.0), kernel, rtol=1e-5)   # in the author's set
 
-def test_author_mix_by_hand():
-    mixed = andor_training.author_mix({"w": jnp.array([2.0, -4.0])}, {"w": jnp.array([1.0, 0.5])}, 1.0, 0.7)
-    np.testing.assert_allclose(mixed["w"], [1.0, -0.65])           # clip(0.5 + 0.7, -1 + 0.35)
-    zero = andor_training.author_mix({"w": jnp.array([0.0])}, {"w": jnp.array([0.0])}, 1.0, 0.7)
-    np.testing.assert_allclose(zero["w"], [0.0])
+
+def test_raw_logits_are_the_pre_activation_and_the_affine_view_follows():
+    rng = np.random.default_rng(5)
+    variables = {"params": {"kernel": rng.normal(size=(6, 3)), "bias": rng.normal(size=3)}}
+    x = rng.uniform(size=(2, 6))
+    raw, nics = AndOrDense(3, scale=10.0, raw_output=True), AndOrDense(3, scale=10.0)
+    np.testing.assert_allclose(raw.apply(variables, x), 10.0 * nics.apply(variables, x), rtol=1e-6)
+    kernel, bias = raw.apply(variables, method="affine")
+    np.testing.assert_allclose(x @ kernel + bias, raw.apply(variables, x), rtol=1e-6)
 
 
-def test_weight_concentration_scales_kernels_and_leaves_biases():
+def test_floor_and_ceiling_of_the_and_activation():
+    xs = jnp.array([-1.0, 0.0, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 2.0])
+    np.testing.assert_array_equal(on_floor(xs), [True, True, True, False, False, False, False, False, False])
+    np.testing.assert_array_equal(on_ceiling(xs), [False, False, False, False, False, False, True, True, True])
+
+
+# ------------------------------------------------------------------------------------------- directions
+
+def test_neuron_direction_by_hand():
+    """``normalise(g (|w| / max|w|)^0.85 (|g| / max|g|)^0.5)`` per neuron, worked out by hand."""
+    w = jnp.array([[0.5, -2.0], [-0.25, 1.0], [1.0, 0.0]])          # (in 3, out 2): neuron 0, neuron 1
+    g = jnp.array([[1.0, 4.0], [-2.0, -1.0], [0.5, 2.0]])
+    # neuron 0: max|w| 1, max|g| 2 -> 1 * 0.5^.85 * 0.5^.5, -2 * 0.25^.85 * 1, 0.5 * 1 * 0.25^.5
+    n0 = np.array([0.5 ** 0.85 * 0.5 ** 0.5, -2 * 0.25 ** 0.85, 0.25])
+    # neuron 1: max|w| 2, max|g| 4 -> 4 * 1 * 1, -1 * 0.5^.85 * 0.25^.5, 2 * 0 * ...
+    n1 = np.array([4.0, -(0.5 ** 0.85) * 0.5, 0.0])
+    expected = np.stack([n0 / np.max(np.abs(n0)), n1 / 4.0], axis=1)
+    np.testing.assert_allclose(andor.neuron_direction(g, w, 0.85, 0.5), expected, rtol=1e-5)
+    np.testing.assert_allclose(expected[:, 0], [0.6373, -1.0, 0.4061], atol=1e-4)
+    guarded = andor.neuron_direction(g, w, 0.85, 0.5, floor=0.1)     # the weight at 0 moves too
+    np.testing.assert_allclose(guarded[2, 1], 2 * 0.1 * 0.5 ** 0.5 / 4.0, rtol=1e-5)
+    conv = andor.neuron_direction(g.reshape(3, 1, 1, 2), w.reshape(3, 1, 1, 2), 0.85, 0.5)
+    np.testing.assert_allclose(conv.reshape(3, 2), expected, rtol=1e-5)          # per output filter
+
+
+def test_per_neuron_mix_biases_warm_up_and_clip():
+    settings = andor.default_settings()
+    params = {"kernel": jnp.array([[1.0, 1.0], [1.0, 1.0]]), "bias": jnp.zeros(2)}
+    ce = {"kernel": jnp.array([[2.0, 0.0], [1.0, 0.0]]), "bias": jnp.array([3.0, -4.0])}
+    l2 = {"kernel": jnp.array([[1.0, 0.0], [0.0, -1.0]]), "bias": jnp.array([1.0, 0.0])}
+    mixed = andor.per_neuron_mix(ce, l2, params, settings, 1.0, 0.7)
+    np.testing.assert_allclose(mixed["kernel"], [[1.0, 0.0], [0.5 ** 0.5 / 2, -0.7]], rtol=1e-6)   # 1 + 0.7 clipped
+    np.testing.assert_allclose(mixed["bias"], [1.0, -1.0])           # 0.5 x 3 + 0.7 x 0.5, clipped; -2 clipped
+    warm = andor.per_neuron_mix(ce, l2, params, settings, 0.0, 0.07)
+    np.testing.assert_allclose(warm["kernel"], [[0.07, 0.0], [0.0, -0.07]], rtol=1e-6)
+    np.testing.assert_allclose(warm["bias"], [1.0, -1.0])             # biases keep their cross-entropy term
+    np.testing.assert_allclose(andor.per_layer_mix({"w": jnp.array([2.0, -4.0])}, {"w": jnp.array([1.0, 0.5])},
+                                                   1.0, 0.7)["w"], [1.0, -0.65])
+
+
+def test_weight_concentration_transform():
     params = {"kernel": jnp.array([[0.5, -2.0], [-0.25, 1.0]]), "bias": jnp.array([0.0, 3.0])}
     grads = jax.tree.map(jnp.ones_like, params)
-    config = ml_collections.ConfigDict({"gradient_transforms": "weight_concentration"})
-    plain = train.GRADIENT_TRANSFORMS["weight_concentration"](config)
+    config = ml_collections.ConfigDict({"andor": {"concentration_per_neuron": False}})
+    plain = train.gradient_transform("andor_jax.objectives.andor:weight_concentration", config)
     updates, _ = plain.update(grads, plain.init(params), params)
     np.testing.assert_allclose(updates["kernel"], [[0.5, 2.0], [0.25, 1.0]])
     np.testing.assert_allclose(updates["bias"], [1.0, 1.0])
-    per_neuron = andor_training.weight_concentration(per_neuron=True)
+    per_neuron = andor.concentration(per_neuron=True)
     updates, _ = per_neuron.update(grads, per_neuron.init(params), params)
     np.testing.assert_allclose(updates["kernel"], [[1.0, 1.0], [0.5, 0.5]])
     with pytest.raises(ValueError, match="needs the parameters"):
@@ -221,60 +292,141 @@ def test_weight_concentration_scales_kernels_and_leaves_biases():
 def test_unknown_andor_setting_is_named():
     config = ml_collections.ConfigDict({"loss": "cross_entropy", "andor": {"scrambles": 3}})
     with pytest.raises(ValueError, match="train.andor.scrambles"):
-        andor_training.settings_of(config)
+        andor.settings_of(config)
 
 
-def test_andor_objective_steps_reduce_both_losses():
-    model = tiny_andor()
-    config = ml_collections.ConfigDict({"loss": "cross_entropy", "objective": "andor", "optimizer": "sgd",
-                                        "learning_rate": 0.05, "momentum": 0.9,
-                                        "gradient_transforms": "weight_concentration"})
-    config.andor = andor_training.default_settings()
+def test_health_metrics_and_line():
+    nics = {("layers_0",): jnp.array([[0.0, 0.9, 0.5], [0.2, 1.5, 0.1]]),     # floor, ceiling, neither
+            ("layers_2", "branches_1_0"): jnp.array([[0.1, 0.1], [0.2, 0.8]])}
+    metrics = andor.health_metrics(nics, {("layers_0",): jnp.array([0.1, 0.2, 0.3])})
+    assert float(metrics["floor/layers_0"]) == pytest.approx(1 / 3)
+    assert float(metrics["ceiling/layers_0"]) == pytest.approx(1 / 3)
+    assert float(metrics["floor/layers_2/branches_1_0"]) == pytest.approx(0.5)
+    assert float(metrics["hypersat/layers_0"]) == pytest.approx(0.2)
+    assert "hypersat/layers_2/branches_1_0" not in metrics
+    line = andor.health_line(metrics, 0)
+    assert line.startswith("health at the start of epoch 1: layers_0 floor 0.33 ceiling 0.33 hypersat 0.200, ")
+
+
+# ------------------------------------------------------------------------------------------- the objective
+
+def tiny_config(**andor_settings):
+    config = ml_collections.ConfigDict({"loss": "cross_entropy", "objective": "andor"})
+    config.andor = andor.default_settings()
     config.andor.num_scrambles = 2
-    config.andor.loss2_only_epochs = 0
-    optimizer = train.make_optimizer(config)
-    x, y = block_data(64, 0)
-    projection = lambda p: models.project(model, p)  # noqa: E731
-    state = train.init_state(model, optimizer, x[:1], 0, projection)
-    step = jax.jit(train.make_train_step(optimizer, train.make_objective(model, config), projection=projection))
-    history = []
-    for _ in range(20):
-        state, metrics = step(state, x, y)
-        history.append((float(metrics["loss"]), float(metrics["loss2"])))
-    first, last = np.mean(history[:3], axis=0), np.mean(history[-3:], axis=0)
-    assert np.all(last < first), history
-    p, n = norms(np.asarray(state.params["layers_4"]["kernel"]))
-    assert np.all(p <= 1 + 1e-5) and np.all(n <= p + 1e-5)
+    config.andor.update(andor_settings)
+    return config
 
 
-def test_andor_objective_updates_batch_statistics_and_works_on_baselines():
+def test_warm_up_is_counted_in_steps():
+    """Before ``loss2_only_steps`` the kernels get loss2's direction alone at the warm-up weight (the
+    author's 0.07), whatever the epoch length; from that step on, the full mix."""
+    model = tiny_andor()
+    x, y = block_data(32, 0)
+    params = models.project(model, jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"])
+    key = jax.random.PRNGKey(1)
+    updates = {}
+    for steps_per_epoch in (1, 1000):
+        objective = andor.get_objective(model, tiny_config(loss2_only_steps=3), steps_per_epoch)
+        update = jax.jit(objective.update)
+        for step in (2, 3):
+            updates[steps_per_epoch, step] = update(params, {}, {}, x, y, key, 0.0, step)
+    (warm, _, _, warm_metrics), (full, _, _, full_metrics) = updates[1, 2], updates[1, 3]
+    assert float(warm_metrics["ce_weight"]) == 0.0 and float(full_metrics["ce_weight"]) == 1.0
+    for step in (2, 3):
+        jax.tree.map(np.testing.assert_array_equal, updates[1, step][0], updates[1000, step][0])
+    loss2_only = jax.jit(andor.get_objective(model, tiny_config(loss2_only_steps=0, ce_weight=0.0,
+                                                                loss2_weight=0.07)).update)
+    alone, _, _, _ = loss2_only(params, {}, {}, x, y, key, 0.0, 0)
+    for name in ("layers_0", "layers_4", "layers_6"):
+        np.testing.assert_allclose(warm[name]["kernel"], alone[name]["kernel"], atol=1e-7)
+        assert not np.allclose(warm[name]["kernel"], full[name]["kernel"])
+        assert float(jnp.max(jnp.abs(warm[name]["kernel"]))) == pytest.approx(0.07, rel=1e-5)
+
+
+def test_andor_objective_on_a_baseline_updates_batch_statistics():
     model = Sequential((BatchNorm(), Flatten(), Dense(5), Activation("sigmoid"), Dense(3)))
-    config = ml_collections.ConfigDict({"loss": "cross_entropy"})
     x, y = block_data(32, 1)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
-    objective = andor_training.andor_objective(model, config)
-    grads, new_state, metrics = jax.jit(objective)(params, model_state, x, y, jax.random.PRNGKey(1), 0.0, 0)
+    objective = andor.get_objective(model, tiny_config(mix="weighted", loss2_only_steps=0))
+    grads, new_state, _, metrics = jax.jit(objective.update)(params, model_state, {}, x, y, jax.random.PRNGKey(1),
+                                                               0.0, 0)
     assert not np.allclose(new_state["batch_stats"]["layers_0"]["mean"], model_state["batch_stats"]["layers_0"]["mean"])
     assert np.any(grads["layers_2"]["kernel"] != 0) and np.isfinite(float(metrics["loss2"]))
 
 
-def test_first_epochs_train_on_loss2_alone():
-    """During ``loss2_only_epochs`` the mix gets the cross-entropy gradient with weight 0 (the author's
-    warm-up), then the configured weight, within one compiled objective."""
-    model = tiny_andor()
-    config = ml_collections.ConfigDict({"loss": "cross_entropy"})
-    config.andor = andor_training.default_settings()
-    config.andor.num_scrambles = 2
-    config.andor.loss2_only_epochs = 2
-    x, y = block_data(32, 0)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
-    objective = jax.jit(andor_training.andor_objective(model, config, steps_per_epoch=3))
-    key = jax.random.PRNGKey(1)
-    warm, _, warm_metrics = objective(params, {}, x, y, key, 1.0, 5)
-    full, _, full_metrics = objective(params, {}, x, y, key, 1.0, 6)
-    assert float(warm_metrics["ce_weight"]) == 0.0 and float(full_metrics["ce_weight"]) == 1.0
-    config.andor.ce_weight = 0.0
-    loss2_only, _, _ = jax.jit(andor_training.andor_objective(model, config))(params, {}, x, y, key, 1.0, 0)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), warm, loss2_only)
-    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(warm), jax.tree.leaves(full)))
+# ------------------------------------------------------------------------------------------- the LeNet, trained
+
+STEPS, BATCH, TRAIN = 200, 50, 2000
+
+
+@pytest.fixture(scope="module")
+def lenet_run():
+    """200 steps of `andor_lenet_fast` (the skip connection, the sensitive-range init) on 2,000 synthetic
+    digits, batch 50, two scrambles: the first and last step's metrics and the trained network."""
+    config = load_config("andor_lenet_fast")
+    config.train.batch_size = BATCH
+    config.train.andor.num_scrambles = 2
+    images, labels = synthetic_digits(TRAIN + 500, 0)
+    x, y = (images[..., None] / 255.0).astype(np.float32), labels.astype(np.int32)
+    model = models.build_model(config.model)
+    objective = andor.get_objective(model, config.train)
+    optimizer = train.make_optimizer(config.train)
+    projection = lambda p: models.project(model, p)  # noqa: E731
+    state = train.init_state(model, optimizer, objective, x[:1], 0, projection)
+    step = jax.jit(train.make_train_step(optimizer, objective, projection=projection))
+    history = []
+    for i in range(STEPS):
+        start = (i * BATCH) % TRAIN
+        state, metrics = step(state, x[start:start + BATCH], y[start:start + BATCH])
+        if i in (0, STEPS - 1):
+            history.append(jax.device_get(metrics))
+    return {"model": model, "state": state, "first": history[0], "last": history[1],
+            "x_test": x[TRAIN:], "y_test": y[TRAIN:], "x": x, "grads": objective, "config": config}
+
+
+def test_200_steps_leave_the_floor_and_beat_chance(lenet_run):
+    model, state = lenet_run["model"], lenet_run["state"]
+    logits = jax.jit(model.apply)({"params": state.params}, lenet_run["x_test"])
+    accuracy = float(np.mean(np.argmax(logits, -1) == lenet_run["y_test"]))
+    assert accuracy > 0.5, accuracy                                                # chance: 0.1
+    assert lenet_run["last"]["floor/layers_0"] < 0.9
+    last = {k: v for k, v in lenet_run["last"].items() if k.startswith("floor/")}
+    assert sorted(last) == ["floor/layers_0", "floor/layers_10", "floor/layers_3", "floor/layers_7",
+                            "floor/layers_9/branches_1_0"]
+    assert all(v < 1.0 for v in last.values()), last                               # no layer stuck
+    assert lenet_run["last"]["loss"] < lenet_run["first"]["loss"]
+
+
+def test_the_skip_connection_is_projected_scrambled_and_bounded(lenet_run):
+    model, state = lenet_run["model"], lenet_run["state"]
+    branch = ("layers_9", "branches_1_0")
+    # projected: every AND/OR kernel, the branch's included, within the author's set after any step
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), lenet_run["x"][:1])["params"]
+    rng = np.random.default_rng(2)
+    big = jax.tree.map(lambda s: jnp.asarray(rng.normal(5.0, 50.0, s.shape), jnp.float32), shapes)
+    budget = lenet_run["config"].model.budget * lenet_run["config"].model.scale
+    for params in (jax.jit(lambda p: models.project(model, p))(big), state.params):
+        kernels = dict(andor_kernels(model, params))
+        assert branch in kernels and len(kernels) == 5
+        for path, kernel in kernels.items():
+            p, n = norms(kernel)
+            assert np.all(p <= budget * (1 + 1e-5)) and np.all(n <= p + 1e-4), path
+    # scrambled: the branch has its loss2 term, and training moved it
+    assert "hypersat/layers_9/branches_1_0" in lenet_run["last"]
+    assert lenet_run["last"]["hypersat/layers_9/branches_1_0"] != 0.0
+    initial = jax.jit(model.init)(jax.random.PRNGKey(0), lenet_run["x"][:1])["params"]
+    assert not np.allclose(get_path(state.params, branch)["kernel"],
+                           get_path(models.project(model, initial), branch)["kernel"])
+    # bounded: sampled outputs of the network and of the branch lie within their interval bounds
+    x, eps = jnp.asarray(lenet_run["x_test"][:4]), 0.05
+    variables = {"params": state.params}
+    boxes = jax.jit(lambda v, b: bounds.layer_intervals(model, v, b))(variables, bounds.input_box(x, eps, (0.0, 1.0)))
+    noise = np.random.default_rng(3).uniform(-eps, eps, (16, *x.shape)).astype(np.float32)
+    points = jnp.clip(x[None] + noise, 0.0, 1.0).reshape(-1, *x.shape[1:])
+    outputs = jax.jit(lambda v, p: model.apply(v, p, method="outputs").outputs)(variables, points)
+    for path in ((), branch, ("layers_9",)):
+        values = np.asarray(outputs[path]).reshape(16, *boxes[path].lower.shape)
+        assert np.all(values >= np.asarray(boxes[path].lower) - 1e-4), path
+        assert np.all(values <= np.asarray(boxes[path].upper) + 1e-4), path

@@ -30,6 +30,7 @@ for the author's), the identity.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -82,6 +83,40 @@ def project_andor(layer_params: dict, *, scale: float, budget: float, bias_bound
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Initialisation
+
+INITS = ("pytorch", "sparse")
+
+
+def sparse_init(key: jax.Array, shape: tuple[int, ...], density: float, norm: float,
+                negative: float = 0.0) -> jax.Array:
+    """A kernel (neuron axis last) whose neurons each have ``P = norm`` and ``N = negative * norm``: a
+    share ``density`` of the weights is positive (always including the neuron's largest draw, so none is
+    empty) and, when ``negative > 0``, another share ``density`` of them negative, each with a magnitude
+    uniform in (0, 1]; the rest are 0.  Then each neuron's parts are scaled to those L1 norms.
+
+    With ``norm`` the budget (``budget * scale`` raw) and inputs in [0, 1], a neuron's nics is ``budget``
+    times (the mean input over its positive weights minus ``negative`` times that over its negative
+    ones).  Chosen so that this sweeps the AND activation's sensitive range around 0.5 (``negative`` 0
+    for the sparse first layer, about 0.7 with budget 2 where most inputs are active), a neuron starts
+    where its gradient is alive instead of on the floor (or above the ceiling).
+    """
+    select_key, magnitude_key = jax.random.split(key)
+    draws = jax.random.uniform(select_key, shape)
+    axes = tuple(range(len(shape) - 1))
+    positive = (draws < density) | (draws == jnp.max(draws, axis=axes, keepdims=True))
+    negative_mask = (draws >= density) & (draws < 2 * density) if negative > 0 else jnp.zeros(shape, bool)
+    magnitudes = jax.random.uniform(magnitude_key, shape, minval=1e-3, maxval=1.0)
+
+    def part(mask, target):
+        values = jnp.where(mask, magnitudes, 0.0)
+        total = jnp.sum(values, axis=axes, keepdims=True)
+        return values * (target / jnp.where(total > 0, total, 1.0))
+
+    return part(positive, norm) - part(negative_mask, negative * norm)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Layers computing nics
 
 
@@ -97,9 +132,16 @@ class AndOrNeurons(Layer):
       budget: L1 bound of the positive (and negative) part of each neuron's effective weights ``W / scale``
         (the paper's 1).
       l1_rule: ``"author"`` or ``"paper"`` (module docstring).
-      kernel_init: draws the raw ``W``, as the author's code does (PyTorch's default initialisation,
-        then the division by ``scale``): with a scale of 10 every nics starts near 0, on the floor of
-        the AND activation.
+      init_scheme: how the raw ``W`` and ``b`` are drawn (`INITS`): ``"pytorch"``, the author's (PyTorch's
+        default, uniform in ``+-1/sqrt(fan_in)``; with a scale of 10 every nics starts near 0, on the
+        floor of the AND activation, where no gradient moves it: issue 14), or ``"sparse"``
+        (`sparse_init`: each neuron at its L1 budget with a few positive weights and, with
+        ``init_negative``, a few negative ones, so that its nics spans the activation's sensitive range
+        from the first step).
+      init_density: the share of a neuron's weights that ``"sparse"`` makes positive (and negative).
+      init_negative: ``N / P`` of a ``"sparse"`` neuron at initialisation.
+      raw_output: output ``W x + b`` instead of nics (the author's logits: the last layer's raw
+        pre-activation, up to ``+-budget * scale``, rather than nics bounded near ``+-budget``).
     """
 
     features: int
@@ -107,7 +149,10 @@ class AndOrNeurons(Layer):
     bias_bound: float = 2.0
     budget: float = 1.0
     l1_rule: str = "author"
-    kernel_init: Callable = nn.initializers.lecun_normal()
+    init_scheme: str = "pytorch"
+    init_density: float = 0.2
+    init_negative: float = 0.0
+    raw_output: bool = False
     connection_axes = {"kernel": -2}
 
     def __post_init__(self):
@@ -120,7 +165,28 @@ class AndOrNeurons(Layer):
             raise ValueError(f"{name}: bias_bound must be >= 0, got {self.bias_bound}")
         if self.l1_rule not in L1_RULES:
             raise ValueError(f"{name}: unknown l1_rule {self.l1_rule!r}; choose one of {L1_RULES}")
+        if self.init_scheme not in INITS:
+            raise ValueError(f"{name}: unknown init_scheme {self.init_scheme!r}; choose one of {INITS}")
+        if not 0 < self.init_density <= 1:
+            raise ValueError(f"{name}: init_density must be in (0, 1], got {self.init_density}")
+        if not 0 <= self.init_negative <= 1:
+            raise ValueError(f"{name}: init_negative must be in [0, 1] (N <= P), got {self.init_negative}")
         super().__post_init__()
+
+    @property
+    def output_scale(self) -> float:
+        """What the affine map is divided by: ``scale``, or 1 for a ``raw_output`` layer."""
+        return 1.0 if self.raw_output else self.scale
+
+    def make_params(self, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+        """The layer's ``kernel`` and ``bias`` parameters, drawn as ``init_scheme`` says."""
+        if self.init_scheme == "pytorch":
+            bound = 1.0 / math.sqrt(math.prod(kernel_shape[:-1]))
+            uniform = lambda key, shape: jax.random.uniform(key, shape, minval=-bound, maxval=bound)  # noqa: E731
+            return self.param("kernel", uniform, kernel_shape), self.param("bias", uniform, kernel_shape[-1:])
+        kernel = self.param("kernel", lambda key, shape: sparse_init(
+            key, shape, self.init_density, self.budget * self.scale, self.init_negative), kernel_shape)
+        return kernel, self.param("bias", nn.initializers.zeros, kernel_shape[-1:])
 
     def project(self, layer_params: dict) -> dict:
         """Per-neuron L1 projection and bias clamp (module docstring); applied by the training engine."""
@@ -134,18 +200,19 @@ class AndOrDense(AndOrNeurons):
 
     @classmethod
     def conformance_examples(cls):
-        return (Example(cls(4, scale=1.0), (3, 5)),)
+        return (Example(cls(4, scale=1.0), (3, 5)),
+                Example(cls(3, init_scheme="sparse", init_negative=0.5, raw_output=True), (2, 6)))
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return (x @ kernel + bias) / self.scale
+        kernel, bias = self.make_params((x.shape[-1], self.features))
+        return (x @ kernel + bias) / self.output_scale
 
     def affine(self) -> tuple[jax.Array, jax.Array]:
-        """The layer as ``(W / scale, b / scale)``: ``nics = x W' + b'`` (used by certification)."""
+        """The layer as ``(W / s, b / s)``, ``s`` the `output_scale`: ``output = x W' + b'`` (used by
+        certification)."""
         params = self.variables["params"]
-        return params["kernel"] / self.scale, params["bias"] / self.scale
+        return params["kernel"] / self.output_scale, params["bias"] / self.output_scale
 
     def interval(self, bounds: Interval) -> Interval:
         kernel, bias = self.affine()
@@ -171,16 +238,15 @@ class AndOrConv(AndOrNeurons):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return (conv2d(x, kernel, self.strides, self.padding) + bias) / self.scale
+        kernel, bias = self.make_params((*self.kernel_size, x.shape[-1], self.features))
+        return (conv2d(x, kernel, self.strides, self.padding) + bias) / self.output_scale
 
     def interval(self, bounds: Interval) -> Interval:
         params = self.variables["params"]
-        kernel = params["kernel"] / self.scale
+        kernel = params["kernel"] / self.output_scale
         return linear(lambda c: conv2d(c, kernel, self.strides, self.padding),
                       lambda r: conv2d(r, jnp.abs(kernel), self.strides, self.padding),
-                      params["bias"] / self.scale, bounds)
+                      params["bias"] / self.output_scale, bounds)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,6 +272,18 @@ def and_activation(x: jax.Array) -> jax.Array:
     slope = jnp.where(x < AND_CENTRE, AND_SLOPE, AND_SLOPE + AND_STEEPENING * x**6)
     y = jax.nn.sigmoid(slope * (x - AND_CENTRE))
     return jnp.clip(y, FLOOR_SLOPE * (x + FLOOR_OFFSET), 1.0 + CEILING_SLOPE * (x - 1.0))
+
+
+def on_floor(x: jax.Array) -> jax.Array:
+    """Where `and_activation` of nics ``x`` is its leaky floor ``0.03 (x + 1.1)`` (the sigmoid below it,
+    about x < 0.345): the output barely depends on the input and the gradient is the floor's 0.03."""
+    return jax.nn.sigmoid(AND_SLOPE * (x - AND_CENTRE)) <= FLOOR_SLOPE * (x + FLOOR_OFFSET)
+
+
+def on_ceiling(x: jax.Array) -> jax.Array:
+    """Where `and_activation` of nics ``x`` is saturated high (about x > 0.69): on its leaky ceiling
+    ``1 + 0.06 (x - 1)`` or, for x > 1, where the sigmoid is 1 in floating point and the gradient 0."""
+    return and_activation(x) >= 1.0 + CEILING_SLOPE * (jnp.minimum(x, 1.0) - 1.0) - 1e-6
 
 
 AND_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     """
     config = ml_collections.ConfigDict()
     config.seed = 1
+    config.name = ""                       # the config as loaded, e.g. "quickstart:small" (set by load_config)
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "mnist"          # mnist | fashion_mnist
@@ -104,7 +105,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     ``quickstart:small``), which is passed to the file's ``get_config(arg)``."""
     source, variant = split_variant(spec)
     module = config_module(source)
-    return module.get_config(variant) if variant is not None else module.get_config()
+    config = module.get_config(variant) if variant is not None else module.get_config()
+    config.name = spec
+    return config
 
 
 def split_variant(spec: str) -> tuple[str, str | None]:

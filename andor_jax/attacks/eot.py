@@ -4,8 +4,11 @@ of the expected loss,
 
     grad_x E_k[L(f(x, k), y)] ≈ (1/n) sum_{i=1..n} grad_x L(f(x, k_i), y),
 
-with ``n`` fresh draws ``k_i`` at every query (vmapped).  Misclassification is judged on the mean logits over
-the draws.  The averaging lives in `andor_jax.attacks.oracle.Oracle`; this module wraps an attack around it.
+with ``n`` fresh draws ``k_i`` at every query (vmapped).  Within the attack, misclassification is judged on the
+mean logits over the draws; the evaluation judges the returned points apart, by the worst case over
+independent forward passes (`andor_jax.evaluators.robustness`).  The averaging lives in
+`andor_jax.attacks.oracle.Oracle`; this module wraps an attack around it, and
+``registry.run_attack(..., eot_draws=n)`` runs a registered attack so.
 """
 from __future__ import annotations
 

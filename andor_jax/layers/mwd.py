@@ -292,7 +292,7 @@ class MWD(Layer):
 
     @classmethod
     def conformance_examples(cls):
-        return tuple(Example(cls(4, kind), (3, 6)) for kind in KINDS)
+        return (Example(cls(4, "neg"), (3, 6)), Example(cls(4, "mixed"), (3, 6)))
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):

@@ -43,7 +43,7 @@ class Dense(Layer):
 
     @classmethod
     def conformance_examples(cls):
-        return (Example(cls(4), (3, 5), (-1.0, 1.0)), Example(cls(3, use_bias=False), (2, 4)))
+        return (Example(cls(4), (3, 5), (-1.0, 1.0)),)
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):
@@ -83,8 +83,7 @@ class Conv(Layer):
 
     @classmethod
     def conformance_examples(cls):
-        return (Example(cls(3, (3, 3)), (2, 6, 6, 2)), Example(cls(2, (2, 2), strides=(2, 2), padding="SAME"),
-                                                               (2, 5, 5, 1), (-1.0, 1.0)))
+        return (Example(cls(2, (2, 2), strides=(2, 2), padding="SAME"), (2, 5, 5, 2), (-1.0, 1.0)),)
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, rho=None):
@@ -112,7 +111,7 @@ class Activation(Layer):
 
     @classmethod
     def conformance_examples(cls):
-        return tuple(Example(cls(kind), (3, 7), (-3.0, 3.0)) for kind in ACTIVATIONS)
+        return tuple(Example(cls(kind), (3, 7), (-3.0, 3.0)) for kind in ("relu", "mish", "tanh"))
 
     @property
     def preserves_order(self) -> bool:
@@ -164,7 +163,7 @@ class _Pool(Layer):
     def conformance_examples(cls):
         if cls.reduce is None:
             return ()
-        return (Example(cls((2, 2)), (2, 6, 6, 2), (-1.0, 1.0)), Example(cls((3, 3), (2, 2)), (2, 7, 7, 1)))
+        return (Example(cls((3, 3), (2, 2)), (2, 7, 7, 2), (-1.0, 1.0)),)
 
     def __call__(self, x, *, train: bool = False, rho=None):
         return self.reduce(x, self.window, strides=self.strides or self.window)
@@ -255,8 +254,7 @@ class Concat(Layer):
 
     @classmethod
     def conformance_examples(cls):
-        return (Example(cls(((), (Dense(4), Activation("tanh")))), (3, 5), (-1.0, 1.0)),
-                Example(cls(((Dense(3),), (Dense(4), Dropout(0.2), Activation("sigmoid")))), (3, 6)))
+        return (Example(cls(((), (Dense(4), Dropout(0.2), Activation("tanh")))), (3, 5), (-1.0, 1.0)),)
 
     @property
     def children(self):

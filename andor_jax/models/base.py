@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from andor_jax.layers.base import (Layer, Path, Trace, apply_chain, chain_interval, format_path, get_path, set_path,
-                                   trace, walk)
+from andor_jax.layers.base import (Example, Layer, Path, Trace, apply_chain, chain_interval, format_path, get_path,
+                                   set_path, trace, walk)
+from andor_jax.layers.standard import Activation, Concat, Dense
 
 GRADIENT_RHO = {None: None, "true": 0.0, "psd": 1.0}  # a Sequential's gradient modes as pseudo-gradient mixes
 
@@ -59,6 +60,11 @@ class Sequential(Layer, Model):
     """
 
     layers: Sequence[nn.Module]
+
+    @classmethod
+    def conformance_examples(cls):
+        return (Example(cls((Dense(3), Activation("tanh"), Concat(((), (Dense(2), Activation("relu")))), Dense(2))),
+                        (3, 4), (-1.0, 1.0)),)
 
     @property
     def children(self):

@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.dataset = "mnist"          # mnist | fashion_mnist
     config.data.domain = (0.0, 1.0)        # (0, 1) or (-1, 1): attacks and bounds clip to it
     config.data.flatten = True             # (n, 784) rather than (n, 28, 28, 1)
-    config.data.source = "auto"            # auto | dir | cache | download | embedded | tfds
+    config.data.source = "auto"            # auto | dir | cache | download | embedded
     config.data.limit_train = 0            # 0: all training examples
     config.data.limit_test = 0             # 0: all test examples
 

@@ -15,7 +15,6 @@ import pytest
 
 from andor_jax import bounds, models, train
 from andor_jax.config import load_config
-from andor_jax.interval import Interval
 from andor_jax.layers.andor import (AndActivation, AndOrConv, AndOrDense, and_activation, l1_project, on_ceiling,
                                     on_floor, sparse_init)
 from andor_jax.layers.base import get_path, walk
@@ -146,35 +145,6 @@ def test_unknown_activation_is_named():
 
 
 # ------------------------------------------------------------------------------------------- intervals
-
-LAYERS = {
-    "dense": (AndOrDense(4, scale=2.0, bias_bound=0.5), (3, 6)),
-    "conv": (AndOrConv(3, kernel_size=(3, 3), scale=2.0, padding="SAME"), (2, 5, 5, 2)),
-    "and": (AndActivation("and"), (3, 40)),
-    "sigmoid": (AndActivation("sigmoid"), (3, 40)),
-}
-
-
-@pytest.mark.parametrize("name", LAYERS)
-def test_interval_rules_are_sound_by_sampling(name):
-    layer, shape = LAYERS[name]
-    rng = np.random.default_rng(3)
-    shapes = jax.eval_shape(layer.init, jax.random.PRNGKey(0), jnp.zeros(shape))
-    variables = jax.tree.map(lambda s: rng.uniform(-1, 1, s.shape).astype(np.float32), shapes)
-    centre = rng.uniform(-1.5, 1.5, shape).astype(np.float32)
-    radius = rng.uniform(0, 0.6, shape).astype(np.float32)
-    corners = rng.choice([-1.0, 1.0], (200, *shape))
-    points = (np.concatenate([corners, rng.uniform(-1, 1, (200, *shape))]) * radius + centre).astype(np.float32)
-
-    @jax.jit
-    def bounds_and_outputs(variables, centre, radius, points):
-        bounds = layer.apply(variables, Interval.from_centre_radius(centre, radius), method="interval")
-        return bounds, jax.vmap(lambda p: layer.apply(variables, p))(points)
-
-    bounds, outputs = bounds_and_outputs(variables, centre, radius, points)
-    assert np.all(outputs >= bounds.lower - 1e-5) and np.all(outputs <= bounds.upper + 1e-5)
-    assert np.all(bounds.lower <= bounds.upper)
-
 
 def test_certification_affine_view_of_the_last_layer():
     layer = AndOrDense(3, scale=4.0)

@@ -46,7 +46,7 @@ def get_config(arg=None):
     if arg in ("small", "adversarial_small"):
         small_variant(config)
         config.model.hidden = (32, 16)
-        config.train.batch_size = 50
+        config.train.batch_size = 40
         config.train.adversarial.pgd_steps = 3
         config.evaluate.eps = [0.15, 0.3]
     return config

@@ -95,7 +95,7 @@ def get_config(arg=None):
         config.model.gradient_draws = 2
         config.model.draws_per_chunk = 8
         config.model.examples_per_chunk = 50
-        config.train.batch_size = 50
+        config.train.batch_size = 40
         config.train.cvae.pgd_steps = 3
     protocol(config, base or "transfer")
     if small:

@@ -201,6 +201,14 @@ class Carso(Model):
             self._initialise(x)
         return self.purifier(x, self._representation(x), train=train)
 
+    def prior_mode_logits(self, x: jax.Array) -> jax.Array:
+        """The classifier's logits of the image decoded from ``z = 0`` (the prior's mode): a cheap,
+        deterministic monitor of the purifier, used when no ``"sample"`` stream is given (the engine's
+        per-epoch test accuracy).  Not CARSO's prediction: `andor_jax.models.logits` always passes a key."""
+        condition = self.purifier.condition(self._representation(x))
+        pixels = self.purifier.decode(jnp.zeros((x.shape[0], self.purifier.latent), x.dtype), condition)
+        return self.classifier(jax.nn.sigmoid(pixels).reshape(x.shape))
+
     def logits(self, x: jax.Array, *, gradient: str | None = None) -> jax.Array:
         """The model protocol's forward (`andor_jax.models.logits`): the same as calling the model."""
         return self(x, gradient=gradient)
@@ -211,6 +219,8 @@ class Carso(Model):
         ``train`` and ``rho`` are accepted for the layer protocol; inference never trains."""
         if self.is_initializing():
             return self._initialise(x)
+        if not self.has_rng("sample"):
+            return self.prior_mode_logits(x)
         aggregation, draws = self.aggregation, self.n_draws
         if gradient not in (None, "true"):
             if gradient not in DIFFERENTIABLE:

@@ -1,0 +1,250 @@
+"""CARSO (`andor_jax.models.carso`, `andor_jax.objectives.cvae`, `andor_jax.objectives.adversarial`):
+aggregations against hand computations, the vote against the mode of the draws' predictions, chunking,
+gradients through the draws, freezing and starting from another run."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from andor_jax import bounds, checkpoint, experiment, models
+from andor_jax.configs import carso_classifier_mnist, carso_mnist
+from andor_jax.interval import Interval
+from andor_jax.models import carso
+from andor_jax.models.carso_classifier import Standardise
+from andor_jax.objectives import adversarial, cvae
+
+TINY_PURIFIER = {"input_widths": (12, 6), "representation_widths": (8, 4), "encoder_widths": (8, 6), "latent": 3,
+                 "decoder_widths": (10, 12)}
+
+
+def tiny_carso(**settings):
+    return carso.get_model(classifier={"hidden": (8, 6)}, purifier=TINY_PURIFIER, **settings)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny CARSO with random parameters and non-trivial BatchNorm statistics, and a batch in [0, 1]."""
+    model = tiny_carso(n_draws=7, draws_per_chunk=3, examples_per_chunk=2)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (5, 784))
+    variables = model.init({"params": jax.random.PRNGKey(1)}, x[:1])
+    stats = jax.tree.map(lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(2), v.shape), variables["batch_stats"])
+    return model, {"params": variables["params"], "batch_stats": stats}, x
+
+
+def sub(variables, name):
+    return {collection: tree[name] for collection, tree in variables.items()}
+
+
+def predict(model, variables, x, key, aggregation="vote", **settings):
+    """`carso.predict` with the model's settings (the key used as given; the module derives its own from
+    the "sample" stream)."""
+    settings = {"n_draws": model.n_draws, "draws_per_chunk": model.draws_per_chunk,
+                "examples_per_chunk": model.examples_per_chunk, **settings}
+    return carso.predict(model.classifier, sub(variables, "classifier"), model.purifier, sub(variables, "purifier"),
+                         x, key, paths=model.representation_paths, aggregation=aggregation, **settings)
+
+
+def hand_draw_logits(model, variables, x, key):
+    """(n_draws, batch, classes): every draw decoded and classified one example at a time, with the key
+    scheme of `carso.predict` (example j, chunk c: ``fold_in(fold_in(key, j), c)``)."""
+    classifier_vars, purifier_vars = sub(variables, "classifier"), sub(variables, "purifier")
+    sizes = [model.draws_per_chunk] * (model.n_draws // model.draws_per_chunk)
+    sizes += [model.n_draws % model.draws_per_chunk] if model.n_draws % model.draws_per_chunk else []
+    per_example = []
+    for j in range(x.shape[0]):
+        r = models.representation(model.classifier, classifier_vars, x[j:j + 1], model.representation_paths)
+        condition = model.purifier.apply(purifier_vars, r, method=carso.Purifier.condition)
+        draws = []
+        for c, size in enumerate(sizes):
+            z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, j), c), (size, model.purifier.latent))
+            for i in range(size):
+                pixels = model.purifier.apply(purifier_vars, z[i:i + 1], condition, method=carso.Purifier.decode)
+                draws.append(model.classifier.apply(classifier_vars, jax.nn.sigmoid(pixels))[0])
+        per_example.append(np.stack(draws))
+    return np.stack(per_example, axis=1)
+
+
+def test_aggregations_match_hand_computations():
+    logits = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (7, 4, 5)) * 0.5, np.float64)
+    logits[:, 0, 2] += 2.0  # example 0: class 2 wins every vote, so the other classes get no votes
+    expected_votes = np.stack([np.bincount(np.argmax(logits[:, b], -1), minlength=5) for b in range(4)])
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    total = np.exp(logits).sum(0)
+    others = np.stack([np.exp(np.delete(total, c, -1)).sum(-1) for c in range(5)], -1)
+    odds = np.exp(total) / others  # p / (1 - p) with p = softmax(total)
+    expected = {
+        "vote": np.log(np.maximum(expected_votes, 0.5) / 7),
+        "mean_logits": logits.mean(0),
+        "mean_softmax": np.log(softmax.mean(0)),
+        "doubly_exponential": np.log(odds),
+    }
+    for name, rule in carso.AGGREGATIONS.items():
+        state = rule.init((4, 5))
+        for chunk in (logits[:4], logits[4:]):  # two chunks of draws
+            state = rule.add(state, jnp.asarray(chunk, jnp.float32))
+        np.testing.assert_allclose(rule.finish(state, 7), expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    assert np.argmax(expected["vote"][0]) == 2 and expected_votes[0, 2] == 7
+    extreme = carso.AGGREGATIONS["doubly_exponential"]  # exp(S) would overflow; the stable form does not
+    state = extreme.add(extreme.init((1, 3)), jnp.array([[[30.0, 29.0, 0.0]]] * 5))
+    out = extreme.finish(state, 5)
+    assert np.all(np.isfinite(out)) and np.argmax(out) == 0
+
+
+def test_vote_is_the_mode_of_the_draws_predictions(tiny):
+    model, variables, x = tiny
+    key = jax.random.PRNGKey(4)
+    draws = hand_draw_logits(model, variables, x, key)
+    counts = np.stack([np.bincount(np.argmax(draws[:, b], -1), minlength=10) for b in range(x.shape[0])])
+    assert (counts.max(-1) < model.n_draws).any()  # some draws disagree: the vote is not trivial
+    vote = np.asarray(predict(model, variables, x, key))
+    np.testing.assert_array_equal(np.argmax(vote, -1), np.argmax(counts, -1))  # ties: the lowest class
+    np.testing.assert_allclose(np.exp(vote), np.maximum(counts, 0.5) / model.n_draws, rtol=1e-5)
+    np.testing.assert_allclose(predict(model, variables, x, key, "mean_logits"), draws.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(models.logits(model, variables, x, key=key), models.logits(model, variables, x, key=key))
+
+
+def test_an_examples_prediction_does_not_depend_on_chunks_or_batch(tiny):
+    model, variables, x = tiny
+    key = jax.random.PRNGKey(5)
+    reference = predict(model, variables, x, key, "mean_logits")
+    for examples_per_chunk in (1, 3, 8):
+        chunked = predict(model, variables, x, key, "mean_logits", examples_per_chunk=examples_per_chunk)
+        np.testing.assert_allclose(chunked, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(model, variables, x[:2], key, "mean_logits"), reference[:2], rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_input_through_the_draws(tiny):
+    model, variables, x = tiny
+    y = jnp.arange(x.shape[0]) % 10
+
+    def gradient(key, mode="mean_logits"):
+        def loss(inputs):
+            logits = models.logits(model, variables, inputs, key=key, gradient=mode)
+            return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+        return np.asarray(jax.grad(loss)(x))
+
+    first, again, other = gradient(jax.random.PRNGKey(6)), gradient(jax.random.PRNGKey(6)), gradient(jax.random.PRNGKey(7))
+    assert np.all(np.isfinite(first)) and np.all(np.abs(first).sum(-1) > 0)  # every example's input gets a gradient
+    np.testing.assert_array_equal(first, again)  # a fixed key: a deterministic network
+    assert np.abs(first - other).max() > 1e-4 * np.abs(first).max()  # other draws, another gradient
+    for mode in ("mean_softmax", "doubly_exponential"):
+        assert np.all(np.isfinite(gradient(jax.random.PRNGKey(6), mode)))
+
+
+def test_protocol_declarations_and_errors(tiny):
+    model, variables, x = tiny
+    assert models.randomised(model) and models.submodels(model) == ("classifier", "purifier")
+    assert set(carso.DIFFERENTIABLE) <= set(models.gradient_modes(model))
+    with pytest.raises(ValueError, match="PRNG key"):
+        models.logits(model, variables, x)
+    with pytest.raises(ValueError, match="mean_logits"):
+        models.logits(model, variables, x, key=jax.random.PRNGKey(0), gradient="psd")
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        tiny_carso(aggregation="median")
+    assert models.logits(model, variables, x, key=jax.random.PRNGKey(0), gradient="mean_logits").shape == (5, 10)
+
+
+def test_elbo_against_hand_computation():
+    rng = np.random.default_rng(0)
+    logits, target = rng.normal(size=(3, 6)), rng.uniform(size=(3, 6))
+    mu, log_variance = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    bce, kl = cvae.negative_elbo(jnp.asarray(logits), jnp.asarray(target), jnp.asarray(mu), jnp.asarray(log_variance), 1.0)
+    q = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(bce, -(target * np.log(q) + (1 - target) * np.log(1 - q)).sum(-1), rtol=1e-5)
+    variance = np.exp(log_variance)
+    np.testing.assert_allclose(kl, 0.5 * (variance + mu ** 2 - 1 - log_variance).sum(-1), rtol=1e-5)
+
+
+def test_adversarial_variants_are_parsed_and_checked():
+    assert adversarial.parse_variants(adversarial.THESIS_VARIANTS) == (
+        ("clean", 0.0), ("pgd", 0.15), ("pgd", 0.3), ("fgsm", 0.15), ("fgsm", 0.3))
+    for bad in ("pgd", "cw:0.1", "fgsm:-1", ""):
+        with pytest.raises(ValueError):
+            adversarial.parse_variants(bad)
+
+
+def test_adversarial_objective_averages_the_variants_losses(synthetic_mnist_dir):
+    config = carso_classifier_mnist.get_config("adversarial_small")
+    config.data.limit_train, config.train.adversarial.pgd_steps = 100, 5
+    exp = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir))
+    state = exp.init_state()
+    x, y = exp.dataset.x_train[:50], exp.dataset.y_train[:50]
+    _, _, _, metrics = jax.jit(exp.objective.update)(state.params, state.model_state, state.objective_state, x, y,
+                                                    jax.random.PRNGKey(0), 0.0, 0)
+    names = ["clean", "pgd_0.15", "pgd_0.3", "fgsm_0.15", "fgsm_0.3"]
+    np.testing.assert_allclose(metrics["loss"], np.mean([metrics[f"loss_{n}"] for n in names]), rtol=1e-5)
+    assert metrics["loss_pgd_0.3"] > metrics["loss_clean"] and metrics["loss_fgsm_0.3"] > metrics["loss_clean"]
+
+
+def test_classifier_is_certifiable_and_standardisation_is_sound():
+    model = models.build_model(carso_classifier_mnist.get_config("small").model)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 784))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    box = bounds.propagate(model, variables, Interval(x, x))  # a degenerate box is the forward pass
+    np.testing.assert_allclose(box.lower, model.apply(variables, x), rtol=1e-4, atol=1e-5)
+    y = jnp.argmax(model.apply(variables, x), -1)
+    certified = bounds.certified_accuracy(model, variables, x, y, [0.0, 0.1], domain=(0.0, 1.0))
+    assert certified[0.0] == 1.0 and 0.0 <= certified[0.1] <= 1.0  # every layer has an interval rule
+    layer, box = Standardise(), Interval(jnp.zeros((1, 3)), jnp.ones((1, 3)))
+    out = layer.apply({}, box, method=Standardise.interval)
+    np.testing.assert_allclose(out.lower, -0.1307 / 0.3081, rtol=1e-6)
+    np.testing.assert_allclose(out.upper, (1 - 0.1307) / 0.3081, rtol=1e-6)
+
+
+def test_every_config_variant_loads():
+    for module in (carso_classifier_mnist, carso_mnist):
+        for variant in (None, *module.VARIANTS):
+            config = module.get_config(variant)
+            models.build_model(config.model)
+        with pytest.raises(ValueError, match="variant"):
+            module.get_config("huge")
+    assert carso_mnist.get_config("transfer").evaluate.attack_model == "classifier"
+    assert carso_mnist.get_config("fixed_randomness").evaluate.randomness == "fixed"
+    assert carso_mnist.get_config("end_to_end").evaluate.eot_draws == 20
+
+
+@pytest.fixture(scope="module")
+def classifier_workdir(synthetic_mnist_dir, tmp_path_factory):
+    """A small CARSO classifier trained for one epoch on the synthetic digits."""
+    config = carso_classifier_mnist.get_config("small")
+    config.train.epochs, config.data.limit_train = 1, 200
+    workdir = tmp_path_factory.mktemp("carso_classifier")
+    experiment.fit(config, workdir, data_dir=str(synthetic_mnist_dir), progress=False)
+    return workdir
+
+
+def purifier_config(classifier_workdir):
+    config = carso_mnist.get_config("small")
+    config.train.epochs, config.data.limit_train = 1, 200
+    config.train.init_from = str(classifier_workdir)
+    return config
+
+
+def test_purifier_training_leaves_the_classifier_bit_identical(classifier_workdir, synthetic_mnist_dir, tmp_path):
+    _, source = experiment.load_trained(classifier_workdir, data_dir=str(synthetic_mnist_dir))
+    config = purifier_config(classifier_workdir)
+    start = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir)).init_state()
+    state = experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
+    assert int(state.step) == 5
+    for collection in ("params", "batch_stats"):
+        trained = state.params if collection == "params" else state.model_state["batch_stats"]
+        for a, b in zip(jax.tree.leaves(source[collection]), jax.tree.leaves(trained["classifier"])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(start.params["purifier"]),
+                                                        jax.tree.leaves(state.params["purifier"]))]
+    assert all(changed)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["train_loss"]) and record["train_bce"] > 0
+
+
+def test_init_from_another_architecture_is_a_clear_error(classifier_workdir, synthetic_mnist_dir, tmp_path):
+    config = purifier_config(classifier_workdir)
+    config.model.classifier.hidden = (8, 6)  # not the classifier that was trained (32-16)
+    with pytest.raises(ValueError, match="classifier/layers_1/kernel"):
+        experiment.fit(config, tmp_path / "wrong_width", data_dir=str(synthetic_mnist_dir), progress=False)
+    config = purifier_config(classifier_workdir)
+    config.train.init_from_into = ""  # the classifier's variables into the whole CARSO tree
+    with pytest.raises(ValueError, match="purifier|classifier"):
+        experiment.fit(config, tmp_path / "wrong_tree", data_dir=str(synthetic_mnist_dir), progress=False)

@@ -36,7 +36,13 @@ Gradient modes (``models.logits(..., gradient=mode)``): ``true`` differentiates 
 (``mean_logits``, ``mean_softmax``, ``doubly_exponential``) is that aggregation over ``gradient_draws``
 draws: its values differ from the vote's, it is the loss surface of an end-to-end attack (gradients through
 the representation, the compressor, the decoder and the classifier; the draws are reparameterised, so a
-fixed key gives a deterministic network), and decisions always use the real forward.
+fixed key gives a deterministic network), and decisions always use the real forward.  Unlike a
+Sequential's ``psd`` mode, these surfaces do not share the vote's forward values (a straight-through vote
+would give the cross-entropy a gradient of ``votes/n - onehot``, zero once every draw votes for the label).
+
+Without a ``"sample"`` stream (the engine's per-epoch test accuracy calls ``model.apply(variables, x)``)
+the model returns `Carso.prior_mode_logits`, one decode at ``z = 0``: a cheap monitor, not CARSO's
+prediction.  Inputs are flattened images (``data.flatten = True``).
 """
 from __future__ import annotations
 

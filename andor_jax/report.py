@@ -228,8 +228,9 @@ def _format_robustness(robustness: Mapping, certified: Mapping | None) -> list[s
               f"- attacker: {threat['knowledge']}"]
     randomness = settings.get("randomness", {})
     if randomness.get("randomised"):
-        attacked = (f"EOT over {randomness['eot_draws']} draws per query" if randomness["mode"] == "fresh" else
-                    "the model with its key held fixed (one deterministic network)")
+        draws = randomness["eot_draws"]
+        attacked = ("the model with its key held fixed (one deterministic network)" if randomness["mode"] == "fixed"
+                    else f"EOT over {draws} draws per query" if draws > 1 else "one draw per query")
         lines.append(f"- randomised model: the attacks see {attacked}; every verdict is the worst case over "
                      f"{randomness['verdict_draws']} independent forward passes (one wrong draw breaks an example)")
     lines.append("")

@@ -385,3 +385,16 @@ def test_write_report_writes_every_file_and_read_report_refuses_others(tmp_path)
     (tmp_path / "report.json").write_text(json.dumps({"clean_accuracy": 0.5}))
     with pytest.raises(ValueError, match="not a report of this version"):
         report_lib.read_report(tmp_path / "report.json")
+
+
+def test_the_report_states_the_draws_of_a_randomised_model():
+    result = _robustness_result()
+    result["settings"] = result["settings"] | {"randomness": {"randomised": True, "mode": "fresh", "eot_draws": 20,
+                                                              "verdict_draws": 10}}
+    report, _ = report_lib.merge(None, HEADER, _examples(8), {"robustness": result | {"clean_accuracy_per_draw": 0.95}})
+    text = report_lib.format_markdown(report)
+    assert "EOT over 20 draws per query" in text and "worst case over 10 independent forward passes" in text
+    assert "(mean over draws 95.00%" in text
+    result["settings"]["randomness"] = result["settings"]["randomness"] | {"mode": "fixed", "eot_draws": None}
+    report, _ = report_lib.merge(None, HEADER, _examples(8), {"robustness": result})
+    assert "its key held fixed" in report_lib.format_markdown(report)

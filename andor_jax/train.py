@@ -172,12 +172,18 @@ def make_train_step(optimizer: optax.GradientTransformation, objective: objectiv
 def init_state(model, optimizer: optax.GradientTransformation, objective: objectives.Objective,
                sample_x: jax.Array, seed: int,
                projection: Callable[[PyTree], PyTree] = identity_projection) -> TrainState:
-    """Initialises parameters (projected onto their constraint set), the optimiser and objective states."""
-    init_key, dropout_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-    variables = dict(model.init({"params": init_key, "dropout": dropout_key}, sample_x))
-    params = projection(variables.pop("params"))
-    return restart(TrainState(jnp.zeros((), jnp.int32), params, variables, None, None, rng), params, variables,
-                   optimizer, objective)
+    """Initialises parameters (projected onto their constraint set), the optimiser and objective states, in
+    one compiled computation (large models initialise many times faster than op by op)."""
+
+    @jax.jit
+    def initialise(sample_x):
+        init_key, dropout_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+        variables = dict(model.init({"params": init_key, "dropout": dropout_key}, sample_x))
+        params = projection(variables.pop("params"))
+        return restart(TrainState(jnp.zeros((), jnp.int32), params, variables, None, None, rng), params,
+                       variables, optimizer, objective)
+
+    return initialise(sample_x)
 
 
 def restart(state: TrainState, params: PyTree, model_state: PyTree, optimizer: optax.GradientTransformation,
@@ -224,3 +230,4 @@ class DataParallel(NamedTuple):
         """jit with the state replicated in and out, the batch split, and the old state's buffers donated."""
         return jax.jit(train_step, in_shardings=(self.replicated, self.batch, self.batch),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+

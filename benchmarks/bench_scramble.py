@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-from andor_jax import models, train  # noqa: E402
+from andor_jax import config as config_lib, models, objectives, train  # noqa: E402
 from andor_jax.objectives.andor import default_settings  # noqa: E402
 from common import median_seconds, write_json  # noqa: E402
 
@@ -27,8 +27,9 @@ BATCH = 200
 
 
 def train_config(objective: str, scrambles: int, sds_size: int) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 5e-4, "momentum": 0.9,
-                                        "loss": "cross_entropy", "objective": objective})
+    config = config_lib.base_config().train
+    config.update({"optimizer": "sgd", "learning_rate": 5e-4, "momentum": 0.9, "loss": "cross_entropy",
+                   "objective": objective})
     config.andor = default_settings()
     config.andor.num_scrambles = scrambles
     config.andor.sds_size = sds_size
@@ -39,9 +40,9 @@ def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float]:
     """(compile seconds, median seconds of one step) of the jitted training step."""
     optimizer = train.make_optimizer(config)
     projection = lambda params: models.project(model, params)  # noqa: E731
-    state = train.init_state(model, optimizer, x[:1], seed=0, projection=projection)
-    step = jax.jit(train.make_train_step(optimizer, train.make_objective(model, config), projection=projection),
-                   donate_argnums=0)
+    objective = objectives.get_objective(model, config)
+    state = train.init_state(model, optimizer, objective, x[:1], seed=0, projection=projection)
+    step = jax.jit(train.make_train_step(optimizer, objective, projection=projection), donate_argnums=0)
     started = time.perf_counter()
     compiled = step.lower(state, x, y).compile()
     compile_seconds = time.perf_counter() - started

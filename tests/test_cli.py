@@ -79,14 +79,6 @@ def test_bad_eps_grid_is_a_clear_error(text):
         validation.parse_eps_grid(text)
 
 
-def test_every_bundled_config_loads_and_builds_its_model():
-    from andor_jax import models
-
-    for name in config_lib.bundled_configs():
-        config = config_lib.load_config(name)
-        models.build_model(config.model)
-
-
 def test_every_bundled_config_and_variant_passes_the_up_front_checks():
     for name in config_lib.bundled_configs():
         for spec in (name, *(f"{name}:{variant}" for variant in config_lib.variants(name))):

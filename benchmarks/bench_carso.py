@@ -54,7 +54,7 @@ def torch_networks(torch, model: carso.Carso, variables):
     """The classifier, the representation compressor and the decoder as PyTorch eager functions with the JAX
     parameters (BatchNorm at inference as its affine map)."""
     F = torch.nn.functional
-    t = lambda a: torch.from_numpy(np.asarray(a, np.float32))
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))
 
     def sequence(layers, params, stats):
         ops = []
@@ -91,9 +91,9 @@ def torch_networks(torch, model: carso.Carso, variables):
 
     params, stats = variables["params"], variables["batch_stats"]
     classifier, ops = sequence(model.classifier.layers, params["classifier"], stats["classifier"])
-    compressor, _ = sequence(model.purifier.representation_compressor.layers,
+    compressor, _ = sequence(carso.representation_compressor_layers(model.purifier),
                              params["purifier"]["representation_compressor"], stats["purifier"]["representation_compressor"])
-    decoder, _ = sequence(model.purifier.decoder.layers, params["purifier"]["decoder"], {})
+    decoder, _ = sequence(carso.decoder_layers(model.purifier), params["purifier"]["decoder"], {})
     # One op per layer, so the representation's taps are layer indices.
     taps = tuple(int(path.split("_")[1]) for path in model.representation_paths)
     return classifier, compressor, decoder, taps
@@ -163,7 +163,7 @@ def main():
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     nets = torch_networks(torch, model, variables)
-    x_torch = torch.from_numpy(x)
+    x_torch = torch.from_numpy(np.array(x))
     settings = dict(n_draws=args.draws, draws_per_chunk=args.draws_per_chunk,
                     examples_per_chunk=args.examples_per_chunk, latent=model.purifier.latent)
     torch_run = lambda: torch_predict(torch, nets, x_torch, **settings)

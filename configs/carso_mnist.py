@@ -48,7 +48,7 @@ def protocol(config: ml_collections.ConfigDict, name: str) -> ml_collections.Con
         evaluate.randomness = "fresh"
         evaluate.attacks = ["fgsm", "pgd", "deepfool"]
         evaluate.eps = [0.15, 0.3, 0.5]
-        evaluate.attack_settings = ml_collections.ConfigDict({"pgd": {"steps": 40, "step_size": 0.01}})
+        evaluate.attack_settings = ml_collections.ConfigDict({"pgd": {"steps": 40, "step_size": 0.01, "restarts": 1}})
         return config
     evaluate.attack_model = ""
     evaluate.eot_draws = 20

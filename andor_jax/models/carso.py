@@ -120,6 +120,17 @@ def _stack(widths: Sequence[int], *, hidden: str, final: str | None, batch_norm:
     return tuple(layers)
 
 
+def representation_compressor_layers(purifier: "Purifier") -> tuple:
+    """The layers of the representation compressor of ``purifier`` (its settings only)."""
+    return _stack(purifier.representation_widths, hidden="leaky_relu", final="sigmoid", batch_norm=True)
+
+
+def decoder_layers(purifier: "Purifier") -> tuple:
+    """The layers of the decoder of ``purifier`` (its settings only): pixel logits, no final activation."""
+    return _stack((*purifier.decoder_widths, purifier.image_size), hidden="leaky_relu", final=None,
+                  batch_norm=False, dropouts=purifier.decoder_dropouts)
+
+
 class Purifier(nn.Module):
     """The conditional VAE of CARSO with its two compressors (sizes in the module docstring)."""
 
@@ -135,14 +146,12 @@ class Purifier(nn.Module):
     def setup(self):
         self.input_compressor = Sequential(_stack(self.input_widths, hidden="leaky_relu", final="sigmoid",
                                                   batch_norm=True))
-        self.representation_compressor = Sequential(_stack(self.representation_widths, hidden="leaky_relu",
-                                                           final="sigmoid", batch_norm=True))
+        self.representation_compressor = Sequential(representation_compressor_layers(self))
         self.encoder = Sequential(_stack(self.encoder_widths, hidden="leaky_relu", final="tanh", batch_norm=False,
                                          dropouts=(self.encoder_dropout,)))
         self.mean_head = Dense(self.latent)
         self.log_variance_head = Dense(self.latent)
-        self.decoder = Sequential(_stack((*self.decoder_widths, self.image_size), hidden="leaky_relu", final=None,
-                                         batch_norm=False, dropouts=self.decoder_dropouts))
+        self.decoder = Sequential(decoder_layers(self))
 
     def condition(self, representation: jax.Array, *, train: bool = False) -> jax.Array:
         """The compressed representation (batch, 58)."""

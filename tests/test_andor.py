@@ -5,7 +5,6 @@ author's per-neuron directions, the warm-up in steps, training health) and weigh
 Compilation dominates: the AND/OR LeNet's training step is compiled once (the ``lenet_run`` fixture) and
 the tests about learning, the skip connection and health read its results."""
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from andor_jax.config import load_config
 from andor_jax.layers.andor import (AndActivation, AndOrConv, AndOrDense, and_activation, l1_project, on_ceiling,
                                     on_floor, sparse_init)
 from andor_jax.layers.base import get_path, walk
-from andor_jax.layers.standard import Activation, BatchNorm, Conv, Dense, Flatten, MaxPool
+from andor_jax.layers.standard import Activation, BatchNorm, Dense, Flatten, MaxPool
 from andor_jax.models import Sequential
 from andor_jax.objectives import andor
 from conftest import synthetic_digits
@@ -305,13 +304,10 @@ def test_warm_up_is_counted_in_steps():
     assert float(warm_metrics["ce_weight"]) == 0.0 and float(full_metrics["ce_weight"]) == 1.0
     for step in (2, 3):
         jax.tree.map(np.testing.assert_array_equal, updates[1, step][0], updates[1000, step][0])
-    loss2_only = jax.jit(andor.get_objective(model, tiny_config(loss2_only_steps=0, ce_weight=0.0,
-                                                                loss2_weight=0.07)).update)
-    alone, _, _, _ = loss2_only(params, {}, {}, x, y, key, 0.0, 0)
     for name in ("layers_0", "layers_4", "layers_6"):
-        np.testing.assert_allclose(warm[name]["kernel"], alone[name]["kernel"], atol=1e-7)
+        peaks = np.max(np.abs(np.asarray(warm[name]["kernel"])).reshape(-1, warm[name]["kernel"].shape[-1]), axis=0)
+        np.testing.assert_allclose(peaks, 0.07, rtol=1e-5)          # loss2's per-neuron direction at 0.07
         assert not np.allclose(warm[name]["kernel"], full[name]["kernel"])
-        assert float(jnp.max(jnp.abs(warm[name]["kernel"]))) == pytest.approx(0.07, rel=1e-5)
 
 
 def test_andor_objective_on_a_baseline_updates_batch_statistics():
@@ -353,7 +349,7 @@ def lenet_run():
         if i in (0, STEPS - 1):
             history.append(jax.device_get(metrics))
     return {"model": model, "state": state, "first": history[0], "last": history[1],
-            "x_test": x[TRAIN:], "y_test": y[TRAIN:], "x": x, "grads": objective, "config": config}
+            "x_test": x[TRAIN:], "y_test": y[TRAIN:], "x": x, "config": config}
 
 
 def test_200_steps_leave_the_floor_and_beat_chance(lenet_run):

@@ -2,8 +2,8 @@
 Figure 7) and a per-layer summary of hyper-saturation for the robustness report.
 
 Both work on any tree of layers: the neuron layers are those of `andor_jax.scramble.connections`, nested
-ones included, named by their paths (for the baselines their "nics" are pre-activations).  In the paper, after AND/OR training the EDS
-histograms are bimodal and the SDS ones close to a normal distribution.
+ones included, named by their paths (for the baselines their "nics" are pre-activations).  In the paper,
+after AND/OR training the EDS histograms are bimodal and the SDS ones close to a normal distribution.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from andor_jax.layers.base import Path, Trace, chains, format_path, get_path, layer_at, trace, walk
+from andor_jax.layers.base import Path, Trace, chains, format_path, get_path, layer_at, leaves, trace
 
 PyTree = dict
 SCRAMBLE_KINDS = ("A", "B")
@@ -137,7 +137,7 @@ def sds_type_b(model: nn.Module, variables: PyTree, eds: Trace, keys: jax.Array,
     """Type B SDS of every leaf layer (composites are their leaves), keyed by path: each the layer applied
     to scrambles of its real inputs, (len(keys), size, ...)."""
     return {path: sds_layer(model, variables, path, eds.inputs[path], keys, size=size, unit=unit, rho=rho)
-            for path, layer, _ in walk(model) if not chains(layer)}
+            for path, _, _ in leaves(model)}
 
 
 # ---------------------------------------------------------------------------------------------------------

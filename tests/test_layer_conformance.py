@@ -42,7 +42,8 @@ def layer_types() -> list[type]:
 
 TYPES = layer_types()
 EXAMPLE_LIST = [example for cls in TYPES for example in cls.conformance_examples()]
-INDICES = [pytest.param(index, id=f"{type(example.layer).__name__}-{index}") for index, example in enumerate(EXAMPLE_LIST)]
+INDICES = [pytest.param(index, id=f"{type(example.layer).__name__}-{index}")
+           for index, example in enumerate(EXAMPLE_LIST)]
 TOLERANCE = 1e-5
 
 

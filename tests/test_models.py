@@ -29,7 +29,8 @@ def test_gradient_modes_are_declared_by_the_layers():
     assert build("mlp").gradient_modes == ("true",)
     assert build("andor_lenet").gradient_modes == ("true",)
     assert build("mwd").gradient_modes == ("true", "psd")
-    nested_mwd = models.Sequential((Dense(3), Concat(((), (build("mwd", hidden=[2], num_classes=2, kinds=["u", "neg"]),)))))
+    mwd = build("mwd", hidden=[2], num_classes=2, kinds=["u", "neg"])
+    nested_mwd = models.Sequential((Dense(3), Concat(((), (mwd,)))))
     assert models.gradient_modes(nested_mwd) == ("true", "psd")
     assert not models.randomised(build("mlp")) and models.submodels(build("mlp")) == ()
 

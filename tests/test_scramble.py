@@ -248,8 +248,8 @@ def test_scrambling_and_participation_reach_into_a_skip_connection():
     """Issue 11: the author's fc3 + fc4 skip into the last layer.  fc3 (layer 0) feeds fc4 inside the
     branch and the last layer through the skip; its participation sums both sets of outgoing connections."""
     branch = ("layers_2", "branches_1_0")
-    model = Sequential((AndOrDense(6, scale=1.0), AndActivation(), Concat(((), (AndOrDense(4, scale=1.0), AndActivation()))),
-                        AndOrDense(3, scale=1.0)))
+    model = Sequential((AndOrDense(6, scale=1.0), AndActivation(),
+                        Concat(((), (AndOrDense(4, scale=1.0), AndActivation()))), AndOrDense(3, scale=1.0)))
     rng = np.random.default_rng(12)
     x = jnp.asarray(rng.uniform(size=(BATCH, 5)), jnp.float32)
     variables = model.init(jax.random.PRNGKey(12), x)

@@ -48,7 +48,6 @@ from __future__ import annotations
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from andor_jax.interval import Interval

@@ -1,6 +1,7 @@
 """The objective protocol: losses, lookup by name, objective state carried through training, checkpointed
 and resumed, ``on_epoch`` on the host, gradient transforms found by dotted name."""
 import json
+import logging
 import textwrap
 
 import jax
@@ -148,3 +149,13 @@ def test_gradient_transform_found_by_dotted_name(toy_package):
     with pytest.raises(ValueError, match="gradient transform 'toyobj.stateful:nonesuch' not found"):
         train.make_optimizer(missing.train)
     assert isinstance(train.make_optimizer(plain.train), optax.GradientTransformation)
+
+
+def test_a_whole_run_compiles_its_step_once(tmp_path, synthetic_mnist_dir, toy_package, caplog):
+    """Over two epochs, with ``on_epoch`` replacing the objective state at each epoch start, checkpoints
+    and a pseudo-gradient mix that changes every step, the train step is compiled exactly once."""
+    config = small_config(objective=toy_package, psd_mix=1.0, psd_mix_final=0.0)
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
+    compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage()[:200] for r in compiles]

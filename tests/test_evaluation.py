@@ -9,6 +9,7 @@ import json
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -156,7 +157,7 @@ def test_a_named_gradient_mode_is_an_attack_tag_and_a_missing_one_a_clear_error(
     with pytest.raises(ValueError, match=r"gradient mode 'psd', which NoisyLinear does not have \(its gradient "
                                          r"modes: true, smooth\)"):
         evaluation.target_of(model, variables, tags=["psd"])
-    relu = models.build_model(__import__("ml_collections").ConfigDict({"name": "mlp", "hidden": (4,)}))
+    relu = models.build_model(ml_collections.ConfigDict({"name": "mlp", "hidden": (4,)}))
     relu_variables = relu.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))
     with pytest.raises(ValueError, match="--psd and \\[psd\\] need a model with pseudo-gradients"):
         evaluation.target_of(relu, relu_variables, tags=["psd"])
@@ -204,10 +205,6 @@ def trained_workdir(tmp_path_factory, synthetic_mnist_dir):
     return workdir
 
 
-def _numbers(entry) -> list[float]:
-    return [v for table in (entry.get("robustness", {}).get("attacks", {}).values()) for v in table.values()]
-
-
 def test_certify_on_other_examples_never_combines_with_the_evaluation(trained_workdir, synthetic_mnist_dir, capsys):
     data = ["--data-dir", str(synthetic_mnist_dir), "--no-progress"]
     assert cli.main(["evaluate", "--workdir", str(trained_workdir), "--attacks", "fgsm,pgd", "--eps", "0.05,0.2",
@@ -227,7 +224,7 @@ def test_certify_on_other_examples_never_combines_with_the_evaluation(trained_wo
         assert attacked["robustness"]["attacks"]["pgd"]["0.2"] == np.mean(clean & outcomes["pgd@0.2"])
     markdown = (trained_workdir / "report.md").read_text()
     assert "| gap |" not in markdown and "robust (upper bound)" not in markdown
-    assert f"on these 40 examples" in markdown and f"on these 100 examples" in markdown
+    assert "on these 40 examples" in markdown and "on these 100 examples" in markdown
     assert "config `relu_mlp_mnist`" in markdown and "architecture `mlp`" in markdown
     assert "checkpoint step 25" in markdown and "andor_jax 0.1.0" in markdown and "UTC" in markdown
     # certified on the attacked examples: now, and only there, the gap

@@ -25,6 +25,7 @@ from andor_jax.layers.base import format_path, leaves
 
 INPUT = "input"
 DEFAULT_FIT_RANGE = (11, 500)
+RANK_TOLERANCE = 1e-12  # lambda_n / lambda_1 below this counts as zero (the representation's rank is lower)
 
 
 class PowerLaw(NamedTuple):
@@ -120,7 +121,7 @@ def plot(records: Sequence[dict], path: str | pathlib.Path, title: str = "covari
     for record in records:
         values = np.asarray(record["normalised_eigenvalues"])
         n = np.arange(1, len(values) + 1)
-        positive = values > 0
+        positive = values > RANK_TOLERANCE  # numerically zero eigenvalues (beyond the rank) are not drawn
         line, = axes.loglog(n[positive], values[positive], lw=1.2, label=f"{record['name']}: alpha = {record['alpha']:.2f}")
         start, stop = record["fit_range"]
         fit_n = np.arange(start, stop + 1)
@@ -189,7 +190,7 @@ def report_entry(model, variables, x: np.ndarray, fit_range: tuple[int, int] = D
     if width > MAX_REPORT_FEATURES:
         return None
     values = spectrum(model, variables, x, layer)
-    stop = min(fit_range[1], int(np.sum(values > values[0] * 1e-12)), len(x) - 1)
+    stop = min(fit_range[1], int(np.sum(values > values[0] * RANK_TOLERANCE)), len(x) - 1)
     if stop <= fit_range[0]:
         return None
     fit = fit_alpha(values, (fit_range[0], stop))

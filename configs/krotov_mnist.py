@@ -3,10 +3,12 @@
 (Holzhausen et al.'s MNIST script), N(0, 1) initial weights, each image scaled to unit L3 norm.
 
 Only the local layer learns (objective ``krotov``, `andor_jax.objectives.krotov`); the readout is trained
-afterwards by ``krotov_readout_mnist``.  Epochs: 40 (about 30-60 s each on this project's shared 2-core CPU;
-Krotov's reference notebook runs 200 epochs of 100 units).  The run is accepted when fewer than 10 % of the
-units are off unit L3 norm by more than 0.01 and no unit has a mean weight below -R/2 (``train_off_norm_fraction``
-and ``train_negative_units`` in metrics.jsonl).
+afterwards by ``krotov_readout_mnist``.  Epochs: 40, to fit this project's shared 2-core CPU (30-130 s
+each under load; Krotov's reference notebook runs 200 epochs of 100 units).  The run is accepted when fewer
+than 10 % of the units are off unit L3 norm by more than 0.01 and no unit has a mean weight below -R/2
+(``train_off_norm_fraction`` and ``train_negative_units`` in metrics.jsonl).  Measured (full MNIST, 40
+epochs, about 50 min; the first 13 epochs ran under an 80-epoch decay): 38 % of units off norm, none
+negative: not accepted; the converged units are digit prototypes; readout 97.5 %.
 
 Variant ``small``: 50 units on 500 images for 2 epochs, for tests and notebooks.
 """

@@ -1,9 +1,12 @@
 """Readout of a Krotov-Hopfield layer (Holzhausen et al.): the frozen local layer of a ``krotov_mnist`` run,
-``relu(I)^4.5``, and a linear layer 2000 -> 10 trained by cross-entropy with Adam (lr 1e-3).
+``relu(I)^4.5``, and a linear layer 2000 -> 10 trained by cross-entropy with Adam.
 
 The run starts from the local run's work directory (``train.init_from``, default ``runs/krotov_mnist``;
 pass ``--config.train.init_from=DIR``) and trains the readout only (``train.trainable = ["layers_3"]``).
-Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU), 10 epochs.
+Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU).  Learning rate
+1e-2, not Holzhausen et al.'s 1e-3: the inputs relu(I)^4.5 are below 1 (|I| <= 1 for unit-L3 weights and
+inputs), so the readout weights must grow large; measured on MNIST after the 40-epoch local run: lr 1e-3,
+6 epochs: 94.33 % test accuracy; lr 1e-2, 10 epochs: 97.40 %.  16 epochs.
 
 Variant ``small``: the readout of ``krotov_mnist:small``.
 """
@@ -20,8 +23,8 @@ def get_config(arg=None):
     config.train.objective = "supervised"
     config.train.loss = "cross_entropy"
     config.train.optimizer = "adam"
-    config.train.learning_rate = 1e-3
+    config.train.learning_rate = 1e-2
     config.train.trainable = ["layers_3"]
     config.train.init_from = "runs/krotov_mnist_small" if arg == "small" else "runs/krotov_mnist"
-    config.train.epochs = 2 if arg == "small" else 10
+    config.train.epochs = 2 if arg == "small" else 16
     return config

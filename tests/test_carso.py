@@ -236,7 +236,7 @@ def test_purifier_training_leaves_the_classifier_bit_identical(classifier_workdi
                                                         jax.tree.leaves(state.params["purifier"]))]
     assert all(changed)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert np.isfinite(record["train_loss"]) and record["train_bce"] > 0
+    assert np.isfinite(record["train_loss"]) and record["train_bce"] > 0 and 0 <= record["train_accuracy"] <= 1
 
 
 def test_init_from_another_architecture_is_a_clear_error(classifier_workdir, synthetic_mnist_dir, tmp_path):

@@ -14,8 +14,9 @@ summed over the batch (the code's sum reduction), and the objective is the mean 
 author takes one optimiser step per variant, the engine one step per batch (the same difference as in
 `andor_jax.objectives.adversarial`).  The classifier runs in inference mode throughout; it stays frozen
 because the config trains only the purifier (``train.trainable = ["purifier"]``), not because of this
-objective.  Metrics are per example: ``loss``, ``bce``, ``kl`` (the mean over variants) and
-``loss_<variant>``.
+objective.  Metrics are per example: ``loss``, ``bce``, ``kl`` (the mean over variants),
+``loss_<variant>``, and ``accuracy``: the classifier's accuracy on the reconstructions (one posterior draw
+each, mean over the variants; a training monitor, not CARSO's prediction, which decodes prior draws).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import optax
 
 from andor_jax.objectives import Objective, stateless
 from andor_jax.objectives.adversarial import parse_variants, perturb, variant_name
+from andor_jax.objectives.losses import accuracy
 
 
 def kl_to_standard_normal(mu: jax.Array, log_variance: jax.Array) -> jax.Array:
@@ -58,19 +60,21 @@ def cvae_objective(model, variants, *, beta: float, domain, pgd_steps: int, pgd_
                           pgd_step_size=pgd_step_size) for i, (kind, eps) in enumerate(variants)]
 
         def loss_fn(p):
-            state, terms = model_state, []
+            state, terms, accuracies = model_state, [], []
             for index, x_variant in enumerate(inputs):
                 (pixel_logits, mu, log_variance), state = model.apply(
                     {"params": p, **state}, x_variant, train=True, method="reconstruct", mutable=list(state),
                     rngs={"sample": keys[3 * index + 1], "dropout": keys[3 * index + 2]})
                 terms.append(negative_elbo(pixel_logits, x, mu, log_variance, beta))
+                images = jax.lax.stop_gradient(jax.nn.sigmoid(pixel_logits)).reshape(x.shape)
+                accuracies.append(accuracy(classifier_logits(images), y))
             totals = [jnp.sum(bce + beta * kl) for bce, kl in terms]
-            return jnp.mean(jnp.stack(totals)), (state, terms)
+            return jnp.mean(jnp.stack(totals)), (state, terms, accuracies)
 
-        (_, (new_state, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, (new_state, terms, accuracies)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         bce = jnp.mean(jnp.stack([jnp.mean(b) for b, _ in terms]))
         kl = jnp.mean(jnp.stack([jnp.mean(k) for _, k in terms]))
-        metrics = {"loss": bce + beta * kl, "bce": bce, "kl": kl, "accuracy": jnp.zeros(())}
+        metrics = {"loss": bce + beta * kl, "bce": bce, "kl": kl, "accuracy": jnp.mean(jnp.stack(accuracies))}
         for (kind, eps), (b, k) in zip(variants, terms):
             metrics[f"loss_{variant_name(kind, eps)}"] = jnp.mean(b + beta * k)
         return grads, new_state, metrics

@@ -19,7 +19,8 @@ its report).  A randomised model is judged on every adversarial point by the wor
   the adversarial points fed to CARSO: FGSM, PGD, DeepFool (L-inf) at eps 0.15 / 0.3 / 0.5;
 - ``end_to_end`` (white-box): gradients through the whole pipeline (representation, compressor,
   reparameterised draws, decoder, classifier) on the differentiable ``mean_logits`` aggregation of 8 draws
-  (gradient mode ``[mean_logits]``), EOT over 20 keys per step: APGD-CE, APGD-DLR, PGD-EOT of 200 steps,
+  (gradient mode ``[mean_logits]``), EOT over 20 keys per step: APGD-CE, APGD-DLR, PGD-EOT (200 steps of
+  0.007, no random start, as Lee & Kim 2023),
   and Square (no gradients) on the real vote; eps 0.15 / 0.3;
 - ``fixed_randomness``: the same attacks with the latent draws held fixed (``evaluate.randomness =
   "fixed"``: a deterministic network for the attacker), judged with fresh draws.
@@ -55,7 +56,8 @@ def protocol(config: ml_collections.ConfigDict, name: str) -> ml_collections.Con
     evaluate.randomness = "fixed" if name == "fixed_randomness" else "fresh"
     evaluate.attacks = ["apgd-ce[mean_logits]", "apgd-dlr[mean_logits]", "pgd[mean_logits]", "square"]
     evaluate.eps = [0.15, 0.3]
-    evaluate.attack_settings = ml_collections.ConfigDict({"pgd": {"steps": 200, "random_start": False}})
+    evaluate.attack_settings = ml_collections.ConfigDict(
+        {"pgd": {"steps": 200, "step_size": 0.007, "random_start": False, "restarts": 1}})
     return config
 
 

@@ -121,7 +121,7 @@ def split_variant(spec: str) -> tuple[str, str | None]:
 def config_module(source: str):
     """The module of a config file (a path) or of a bundled config (a name); it must define ``get_config``."""
     path = pathlib.Path(source)
-    if path.suffix == ".py" or path.exists():
+    if path.suffix == ".py" or path.is_file():  # a folder that happens to bear a config's name is no config file
         if not path.is_file():
             raise FileNotFoundError(f"config file {source!r} does not exist")
         module_spec = importlib.util.spec_from_file_location(f"_andor_jax_config_{path.stem}", path)

@@ -189,3 +189,11 @@ def test_parse_eps_takes_a_list_or_the_command_line_syntax():
     assert config_lib.parse_eps("0.1:0.3:0.1") == pytest.approx([0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="eps grid"):
         config_lib.parse_eps([-0.1])
+
+
+def test_a_folder_named_like_a_bundled_config_does_not_hide_it(tmp_path, monkeypatch):
+    """``--config relu_mlp_mnist`` run from a directory holding a folder ``relu_mlp_mnist`` (a work directory
+    named after its config, say) still loads the bundled config, not "config file does not exist"."""
+    (tmp_path / "relu_mlp_mnist").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert config_lib.load_config("relu_mlp_mnist").model.name == "mlp"

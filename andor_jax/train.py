@@ -27,7 +27,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from andor_jax import objectives
-from andor_jax.objectives import losses
 
 PyTree = Any
 

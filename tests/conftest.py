@@ -38,3 +38,21 @@ def synthetic_mnist_dir(tmp_path_factory):
         write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+def small_mlp_config(**train_overrides):
+    """A 784-32-10 ReLU MLP trained 2 epochs in batches of 40 on a data directory (``data.source = "dir"``),
+    checkpointing every 10 steps: the run the engine's tests train, resume and compare."""
+    from andor_jax import config as config_lib  # after XLA_FLAGS is set above
+
+    config = config_lib.base_config()
+    config.model.name = "mlp"
+    config.model.hidden = (32,)
+    config.train.epochs = 2
+    config.train.batch_size = 40
+    config.train.checkpoint_every_steps = 10
+    config.train.log_every_steps = 5
+    config.data.source = "dir"
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config

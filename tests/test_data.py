@@ -375,7 +375,7 @@ def test_provenance_digest_follows_content_not_files(tmp_path):
     other = data.load_dataset(spec, write_files(tmp_path / "c", {**files, "train-labels-idx1-ubyte.gz":
                                                                  idx_bytes(labels)})).provenance
     assert other.digest != first.digest
-    with pytest.raises(data.DataMismatchError, match=f"trained on synthetic from dir .*a .*--data-dir PATH"):
+    with pytest.raises(data.DataMismatchError, match="trained on synthetic from dir .*a .*--data-dir PATH"):
         data.check_same_data(first, other)
 
 

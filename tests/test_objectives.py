@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from andor_jax import config as config_lib, experiment, objectives, train
+from andor_jax import experiment, objectives, train
 from andor_jax.objectives import losses
+from conftest import small_mlp_config
 
 # A stateful objective outside the package, found by its dotted module name.  Its state counts steps and
 # epoch starts and keeps a statistic of the whole training set computed on the host at every epoch start;
@@ -58,19 +59,6 @@ def toy_package(tmp_path, monkeypatch):
     return "toyobj.stateful"
 
 
-def small_config(**train_overrides):
-    config = config_lib.base_config()
-    config.model.hidden = (32,)
-    config.train.epochs = 2
-    config.train.batch_size = 40
-    config.train.checkpoint_every_steps = 10
-    config.train.log_every_steps = 5
-    config.data.source = "dir"
-    for key, value in train_overrides.items():
-        config.train[key] = value
-    return config
-
-
 def test_squared_error_matches_hand_computation():
     outputs = jnp.array([[0.2, 0.9], [0.6, 0.1]])
     labels = jnp.array([1, 1])
@@ -88,10 +76,10 @@ def test_cross_entropy_is_mean_negative_log_softmax():
 def test_unknown_loss_and_objective_are_clear_errors():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         losses.get_loss("hinge")
-    config = small_config(objective="nonesuch")
+    config = small_mlp_config(objective="nonesuch")
     with pytest.raises(ValueError, match="unknown objective 'nonesuch'.*supervised"):
         objectives.get_objective(None, config.train)
-    config = small_config(objective="andor_jax.objectives.losses")
+    config = small_mlp_config(objective="andor_jax.objectives.losses")
     with pytest.raises(ValueError, match="defines no get_objective"):
         objectives.get_objective(None, config.train)
 
@@ -99,7 +87,7 @@ def test_unknown_loss_and_objective_are_clear_errors():
 def test_supervised_objective_is_found_by_name_and_gives_the_loss_gradient():
     from andor_jax import models
 
-    config = small_config()
+    config = small_mlp_config()
     model = models.build_model(config.model)
     objective = objectives.get_objective(model, config.train)
     x = np.random.default_rng(0).normal(size=(8, 12)).astype(np.float32)
@@ -115,7 +103,7 @@ def test_supervised_objective_is_found_by_name_and_gives_the_loss_gradient():
 
 
 def test_objective_state_and_on_epoch_run_through_training(tmp_path, synthetic_mnist_dir, toy_package):
-    config = small_config(objective=toy_package)
+    config = small_mlp_config(objective=toy_package)
     state = experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
     assert int(state.objective_state["steps"]) == 50  # 2 epochs of 25 steps
     assert int(state.objective_state["epochs"]) == 2 and int(state.objective_state["last_epoch"]) == 1
@@ -126,7 +114,7 @@ def test_objective_state_and_on_epoch_run_through_training(tmp_path, synthetic_m
 @pytest.mark.parametrize("stop_at_step", [25, 32])  # an epoch end and the middle of the next epoch
 def test_resumed_run_with_objective_state_is_bit_identical(tmp_path, synthetic_mnist_dir, toy_package,
                                                            stop_at_step):
-    config = small_config(objective=toy_package)
+    config = small_mlp_config(objective=toy_package)
     data_dir = str(synthetic_mnist_dir)
     whole = experiment.fit(config, tmp_path / "whole", data_dir=data_dir, progress=False)
     experiment.fit(config, tmp_path / "parts", data_dir=data_dir, progress=False, stop_at_step=stop_at_step)
@@ -139,13 +127,13 @@ def test_resumed_run_with_objective_state_is_bit_identical(tmp_path, synthetic_m
 def test_gradient_transform_found_by_dotted_name(toy_package):
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.array([1.0, -2.0, 4.0])}
-    plain = small_config(optimizer="sgd", learning_rate=1.0, momentum=0.0)
-    halved = small_config(optimizer="sgd", learning_rate=1.0, momentum=0.0,
+    plain = small_mlp_config(optimizer="sgd", learning_rate=1.0, momentum=0.0)
+    halved = small_mlp_config(optimizer="sgd", learning_rate=1.0, momentum=0.0,
                           gradient_transforms=[f"{toy_package}:halve"])
     updates = [train.make_optimizer(c.train).update(grads, train.make_optimizer(c.train).init(params), params)[0]
                for c in (plain, halved)]
     np.testing.assert_array_equal(updates[1]["w"], 0.5 * updates[0]["w"])
-    missing = small_config(gradient_transforms=[f"{toy_package}:nonesuch"])
+    missing = small_mlp_config(gradient_transforms=[f"{toy_package}:nonesuch"])
     with pytest.raises(ValueError, match="gradient transform 'toyobj.stateful:nonesuch' not found"):
         train.make_optimizer(missing.train)
     assert isinstance(train.make_optimizer(plain.train), optax.GradientTransformation)
@@ -154,7 +142,7 @@ def test_gradient_transform_found_by_dotted_name(toy_package):
 def test_a_whole_run_compiles_its_step_once(tmp_path, synthetic_mnist_dir, toy_package, caplog):
     """Over two epochs, with ``on_epoch`` replacing the objective state at each epoch start, checkpoints
     and a pseudo-gradient mix that changes every step, the train step is compiled exactly once."""
-    config = small_config(objective=toy_package, psd_mix=1.0, psd_mix_final=0.0)
+    config = small_mlp_config(objective=toy_package, psd_mix=1.0, psd_mix_final=0.0)
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
         experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
     compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]

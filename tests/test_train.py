@@ -6,7 +6,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -15,20 +14,7 @@ from andor_jax import checkpoint, config as config_lib, experiment, models, trai
 from andor_jax.layers import Dense
 from andor_jax.objectives.losses import cross_entropy
 from andor_jax.objectives.supervised import supervised_objective
-
-
-def small_config(**train_overrides) -> ml_collections.ConfigDict:
-    config = config_lib.base_config()
-    config.model.name = "mlp"
-    config.model.hidden = (32,)
-    config.train.epochs = 2
-    config.train.batch_size = 40
-    config.train.checkpoint_every_steps = 10
-    config.train.log_every_steps = 5
-    config.data.source = "dir"
-    for key, value in train_overrides.items():
-        config.train[key] = value
-    return config
+from conftest import small_mlp_config
 
 
 def params_of(workdir, config, data_dir):
@@ -38,7 +24,7 @@ def params_of(workdir, config, data_dir):
 
 @pytest.mark.parametrize("name", ["adadelta", "adam", "radam", "sgd"])
 def test_every_optimizer_reduces_the_loss(name):
-    config = small_config(optimizer=name, learning_rate={"adadelta": 1.0, "sgd": 0.1}.get(name, 1e-2))
+    config = small_mlp_config(optimizer=name, learning_rate={"adadelta": 1.0, "sgd": 0.1}.get(name, 1e-2))
     model = models.build_model(config.model)
     optimizer = train.make_optimizer(config.train)
     rng = np.random.default_rng(0)
@@ -55,10 +41,10 @@ def test_every_optimizer_reduces_the_loss(name):
 
 
 def test_unknown_optimizer_and_loss_are_clear_errors():
-    config = small_config(optimizer="adagradx")
+    config = small_mlp_config(optimizer="adagradx")
     with pytest.raises(ValueError, match="unknown optimizer 'adagradx'"):
         train.make_optimizer(config.train)
-    config = small_config(gradient_transforms=["clip_by_norm_typo"])
+    config = small_mlp_config(gradient_transforms=["clip_by_norm_typo"])
     with pytest.raises(ValueError, match="unknown gradient transform 'clip_by_norm_typo'"):
         train.make_optimizer(config.train)
 
@@ -79,7 +65,7 @@ def test_projection_hook_runs_after_every_update():
 
 def test_psd_mix_schedule_compiles_the_step_once(synthetic_mnist_dir):
     """A schedule of the pseudo-gradient mix changes rho every step without recompiling the jitted step."""
-    config = small_config(psd_mix=1.0, psd_mix_final=0.0, batch_size=20, epochs=1)
+    config = small_mlp_config(psd_mix=1.0, psd_mix_final=0.0, batch_size=20, epochs=1)
     config.model = config_lib.load_config("mwd_small_mnist:small").model
     config.data.limit_train = 80
     exp = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir))
@@ -96,7 +82,7 @@ def test_psd_mix_schedule_compiles_the_step_once(synthetic_mnist_dir):
 
 
 def test_training_is_deterministic_and_learns(tmp_path, synthetic_mnist_dir):
-    config = small_config()
+    config = small_mlp_config()
     finals = []
     for run in ("a", "b"):
         experiment.fit(config, tmp_path / run, data_dir=str(synthetic_mnist_dir), progress=False)
@@ -110,7 +96,7 @@ def test_training_is_deterministic_and_learns(tmp_path, synthetic_mnist_dir):
 
 @pytest.mark.parametrize("stop_at_step", [25, 32])  # one epoch is 25 steps: an epoch end and mid-epoch
 def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_mnist_dir, stop_at_step):
-    config = small_config()
+    config = small_mlp_config()
     data_dir = str(synthetic_mnist_dir)
     experiment.fit(config, tmp_path / "whole", data_dir=data_dir, progress=False)
     state = experiment.fit(config, tmp_path / "parts", data_dir=data_dir, progress=False, stop_at_step=stop_at_step)
@@ -126,9 +112,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_mnist_dir, sto
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, synthetic_mnist_dir):
-    config = small_config(epochs=1)
+    config = small_mlp_config(epochs=1)
     experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
-    other = small_config(epochs=2)
+    other = small_mlp_config(epochs=2)
     other.model.hidden = (16,)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="model config differs"):
         experiment.fit(other, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
@@ -138,7 +124,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, synthetic_mnist
 def test_four_devices_give_the_parameters_of_one(tmp_path, synthetic_mnist_dir):
     results = []
     for devices in (1, 4):
-        config = small_config(epochs=1, num_devices=devices)
+        config = small_mlp_config(epochs=1, num_devices=devices)
         experiment.fit(config, tmp_path / str(devices), data_dir=str(synthetic_mnist_dir), progress=False)
         results.append(params_of(tmp_path / str(devices), config, synthetic_mnist_dir))
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
@@ -187,7 +173,7 @@ def fresh_params(config, data_dir):
 
 
 def test_frozen_parameters_stay_bit_identical(tmp_path, synthetic_mnist_dir):
-    config = small_config(epochs=1, trainable=["layers_3"])  # the output layer; the hidden layer is frozen
+    config = small_mlp_config(epochs=1, trainable=["layers_3"])  # the output layer; the hidden layer is frozen
     experiment.fit(config, tmp_path, data_dir=str(synthetic_mnist_dir), progress=False)
     before, after = fresh_params(config, synthetic_mnist_dir), params_of(tmp_path, config, synthetic_mnist_dir)
     for name in ("kernel", "bias"):
@@ -196,7 +182,7 @@ def test_frozen_parameters_stay_bit_identical(tmp_path, synthetic_mnist_dir):
 
 
 def test_frozen_parameters_get_no_optimizer_state():
-    config = small_config(trainable=["layers_3"])
+    config = small_mlp_config(trainable=["layers_3"])
     params = {"layers_1": {"kernel": jnp.ones((3, 2))}, "layers_3": {"kernel": jnp.ones((2, 2))}}
     state = train.make_optimizer(config.train).init(params)
     sizes = sum(leaf.size for leaf in jax.tree.leaves(state))
@@ -213,9 +199,9 @@ def test_trainable_prefix_matches_whole_names_and_unknown_prefix_is_an_error():
 
 
 def test_init_from_starts_from_the_other_runs_latest_parameters(tmp_path, synthetic_mnist_dir):
-    source = small_config(epochs=1)
+    source = small_mlp_config(epochs=1)
     experiment.fit(source, tmp_path / "source", data_dir=str(synthetic_mnist_dir), progress=False)
-    config = small_config(epochs=1, init_from=str(tmp_path / "source"), optimizer="sgd", learning_rate=0.0)
+    config = small_mlp_config(epochs=1, init_from=str(tmp_path / "source"), optimizer="sgd", learning_rate=0.0)
     experiment.fit(config, tmp_path / "run", data_dir=str(synthetic_mnist_dir), progress=False)  # lr 0: no change
     expected = params_of(tmp_path / "source", source, synthetic_mnist_dir)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(params_of(tmp_path / "run", config, synthetic_mnist_dir))):
@@ -244,17 +230,17 @@ def test_init_from_into_a_sub_tree(tmp_path):
 
 
 def test_init_from_errors_name_the_problem(tmp_path, synthetic_mnist_dir):
-    source = small_config(epochs=1)
+    source = small_mlp_config(epochs=1)
     experiment.fit(source, tmp_path / "source", data_dir=str(synthetic_mnist_dir), progress=False)
     data_dir = str(synthetic_mnist_dir)
-    missing = small_config(init_from=str(tmp_path / "nowhere"))
+    missing = small_mlp_config(init_from=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="nowhere is not a work directory with checkpoints"):
         experiment.fit(missing, tmp_path / "a", data_dir=data_dir, progress=False)
-    deeper = small_config(init_from=str(tmp_path / "source"))
+    deeper = small_mlp_config(init_from=str(tmp_path / "source"))
     deeper.model.hidden = (32, 32)  # another architecture: one more dense layer
     with pytest.raises(ValueError, match="checkpoint in .* has no parameter params/layers_5/bias"):
         experiment.fit(deeper, tmp_path / "b", data_dir=data_dir, progress=False)
-    wider = small_config(init_from=str(tmp_path / "source"))
+    wider = small_mlp_config(init_from=str(tmp_path / "source"))
     wider.model.hidden = (16,)
     with pytest.raises(ValueError, match=r"parameter params/layers_1/bias has shape \(32,\) float32 in .* "
                                          r"but \(16,\) float32 in this model"):
@@ -266,7 +252,7 @@ def test_init_from_errors_name_the_problem(tmp_path, synthetic_mnist_dir):
 def test_progress_to_a_file_is_one_line_per_epoch(tmp_path, synthetic_mnist_dir):
     stream = io.StringIO()
     with contextlib.redirect_stderr(stream):
-        experiment.fit(small_config(), tmp_path, data_dir=str(synthetic_mnist_dir), progress=True)
+        experiment.fit(small_mlp_config(), tmp_path, data_dir=str(synthetic_mnist_dir), progress=True)
     text = stream.getvalue()
     assert "\r" not in text
     epoch_lines = [line for line in text.splitlines() if line.startswith("epoch ")]

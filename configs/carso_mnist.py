@@ -8,7 +8,8 @@ Train the classifier first (``carso_classifier_mnist:adversarial``), then::
 The classifier's parameters and BatchNorm statistics go into ``classifier`` (``train.init_from_into``) and
 stay frozen (``train.trainable = ["purifier"]``); the purifier learns (`andor_jax.objectives.cvae`) to
 reconstruct the clean image from the clean image and from PGD 0.15 / 0.3 and FGSM 0.15 / 0.3 attacks on
-the classifier alone, summed BCE + KL (beta 1), RAdam lr 1e-3, batch 256.  Inference: 1,500 latent draws
+the classifier alone, summed BCE + KL (beta 1), RAdam lr 1e-3, batch 256, gradients clipped to global norm 1
+(``train.gradient_transforms``; not in the author's code: see `andor_jax.objectives.cvae`).  Inference: 1,500 latent draws
 decoded with the input's representation, each classified, then the vote (the thesis).
 
 Evaluation protocols (variants; without one, the ``evaluate`` block is the ``transfer`` protocol; each states n draws, the aggregation, EOT draws and verdict draws in
@@ -78,6 +79,10 @@ def get_config(arg=None):
         "variants": THESIS_VARIANTS, "beta": 1.0, "pgd_steps": 40, "pgd_step_size": 0.01, "domain": (0.0, 1.0)})
     config.train.optimizer = "radam"
     config.train.learning_rate = 1e-3
+    # RAdam's first steps (rho_t <= 5) are momentum SGD on the raw gradient, ~1e5 in norm for the summed
+    # loss: unclipped, the purifier's parameters blew up and the loss was NaN by step 5 on full MNIST.
+    config.train.gradient_transforms = ["clip_by_global_norm"]
+    config.train.max_grad_norm = 1.0
     config.train.batch_size = 256
     config.train.epochs = 20
     config.train.checkpoint_every_steps = 200

@@ -1,6 +1,7 @@
 """CARSO (`andor_jax.models.carso`, `andor_jax.objectives.cvae`, `andor_jax.objectives.adversarial`):
 aggregations against hand computations, the vote against the mode of the draws' predictions, chunking,
 gradients through the draws, freezing and starting from another run."""
+import functools
 import json
 
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from andor_jax import bounds, checkpoint, experiment, models
+from andor_jax import bounds, checkpoint, experiment, models, train
 from andor_jax.configs import carso_classifier_mnist, carso_mnist
 from andor_jax.interval import Interval
 from andor_jax.models import carso
@@ -28,7 +29,7 @@ def tiny():
     """A tiny CARSO with random parameters and non-trivial BatchNorm statistics, and a batch in [0, 1]."""
     model = tiny_carso(n_draws=7, draws_per_chunk=3, examples_per_chunk=2)
     x = jax.random.uniform(jax.random.PRNGKey(0), (5, 784))
-    variables = model.init({"params": jax.random.PRNGKey(1)}, x[:1])
+    variables = jax.jit(model.init)({"params": jax.random.PRNGKey(1)}, x[:1])
     stats = jax.tree.map(lambda v: v + 0.1 * jax.random.uniform(jax.random.PRNGKey(2), v.shape), variables["batch_stats"])
     return model, {"params": variables["params"], "batch_stats": stats}, x
 
@@ -52,17 +53,21 @@ def hand_draw_logits(model, variables, x, key):
     classifier_vars, purifier_vars = sub(variables, "classifier"), sub(variables, "purifier")
     sizes = [model.draws_per_chunk] * (model.n_draws // model.draws_per_chunk)
     sizes += [model.n_draws % model.draws_per_chunk] if model.n_draws % model.draws_per_chunk else []
+
+    @jax.jit
+    def draw_logits(example, z):  # the draws z (size, latent) of one example (1, 784), decoded row by row
+        r = models.representation(model.classifier, classifier_vars, example, model.representation_paths)
+        condition = model.purifier.apply(purifier_vars, r, method=carso.Purifier.condition)
+        pixels = model.purifier.apply(purifier_vars, z, jnp.repeat(condition, z.shape[0], 0),
+                                      method=carso.Purifier.decode)
+        return model.classifier.apply(classifier_vars, jax.nn.sigmoid(pixels))
+
     per_example = []
     for j in range(x.shape[0]):
-        r = models.representation(model.classifier, classifier_vars, x[j:j + 1], model.representation_paths)
-        condition = model.purifier.apply(purifier_vars, r, method=carso.Purifier.condition)
-        draws = []
-        for c, size in enumerate(sizes):
-            z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, j), c), (size, model.purifier.latent))
-            for i in range(size):
-                pixels = model.purifier.apply(purifier_vars, z[i:i + 1], condition, method=carso.Purifier.decode)
-                draws.append(model.classifier.apply(classifier_vars, jax.nn.sigmoid(pixels))[0])
-        per_example.append(np.stack(draws))
+        draws = [draw_logits(x[j:j + 1], jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, j), c),
+                                                           (size, model.purifier.latent)))
+                 for c, size in enumerate(sizes)]
+        per_example.append(np.concatenate(draws))
     return np.stack(per_example, axis=1)
 
 
@@ -119,11 +124,15 @@ def test_gradients_reach_the_input_through_the_draws(tiny):
     model, variables, x = tiny
     y = jnp.arange(x.shape[0]) % 10
 
-    def gradient(key, mode="mean_logits"):
+    @functools.partial(jax.jit, static_argnames="mode")
+    def input_gradient(key, mode):
         def loss(inputs):
             logits = models.logits(model, variables, inputs, key=key, gradient=mode)
             return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
-        return np.asarray(jax.grad(loss)(x))
+        return jax.grad(loss)(x)
+
+    def gradient(key, mode="mean_logits"):
+        return np.asarray(input_gradient(key, mode))
 
     first, again, other = gradient(jax.random.PRNGKey(6)), gradient(jax.random.PRNGKey(6)), gradient(jax.random.PRNGKey(7))
     assert np.all(np.isfinite(first)) and np.all(np.abs(first).sum(-1) > 0)  # every example's input gets a gradient
@@ -218,6 +227,7 @@ def classifier_workdir(synthetic_mnist_dir, tmp_path_factory):
 def purifier_config(classifier_workdir):
     config = carso_mnist.get_config("small")
     config.train.epochs, config.data.limit_train = 1, 200
+    config.train.cvae.variants, config.train.cvae.pgd_steps = "clean,pgd:0.3", 2  # an attack on the classifier
     config.train.init_from = str(classifier_workdir)
     return config
 
@@ -248,3 +258,20 @@ def test_init_from_another_architecture_is_a_clear_error(classifier_workdir, syn
     config.train.init_from_into = ""  # the classifier's variables into the whole CARSO tree
     with pytest.raises(ValueError, match="purifier|classifier"):
         experiment.fit(config, tmp_path / "wrong_tree", data_dir=str(synthetic_mnist_dir), progress=False)
+
+
+def test_the_purifiers_first_optimiser_steps_stay_finite(synthetic_mnist_dir):
+    """RAdam's first steps (rho_t <= 5) are momentum SGD on the raw gradient, which the summed loss makes
+    ~1e5 in norm: without the config's gradient clipping the purifier's loss grew ~1e4-fold per step and was
+    NaN by step 6 (the full-MNIST run: by step 5)."""
+    config = carso_mnist.get_config("small")
+    config.data.limit_train, config.train.batch_size, config.train.cvae.variants = 256, 256, "clean"
+    exp = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir))
+    parallel = train.DataParallel.create(None, config.train.batch_size)
+    state, step = parallel.replicate(exp.init_state()), exp.train_step(parallel)
+    x, y = parallel.shard_batch(exp.dataset.x_train, exp.dataset.y_train)
+    losses = []
+    for _ in range(4):  # unclipped: 554, 504, 1391, 39150, then 1e11 and NaN
+        state, metrics = step(state, x, y)
+        losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)) and max(losses) < 1.1 * losses[0], losses

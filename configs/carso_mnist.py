@@ -79,7 +79,7 @@ def get_config(arg=None):
         "variants": THESIS_VARIANTS, "beta": 1.0, "pgd_steps": 40, "pgd_step_size": 0.01, "domain": (0.0, 1.0)})
     config.train.optimizer = "radam"
     config.train.learning_rate = 1e-3
-    # RAdam's first steps (rho_t <= 5) are momentum SGD on the raw gradient, ~1e5 in norm for the summed
+    # RAdam's first 5 steps (rho_t < 5) are momentum SGD on the raw gradient of the summed (not averaged)
     # loss: unclipped, the purifier's parameters blew up and the loss was NaN by step 5 on full MNIST.
     config.train.gradient_transforms = ["clip_by_global_norm"]
     config.train.max_grad_norm = 1.0

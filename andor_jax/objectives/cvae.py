@@ -19,7 +19,7 @@ objective.  Metrics are per example: ``loss``, ``bce``, ``kl`` (the mean over va
 each, mean over the variants; a training monitor, not CARSO's prediction, which decodes prior draws).
 
 Stability (``configs/carso_mnist.py`` clips gradients to global norm 1).  The loss is kept summed, as the
-thesis's, so its gradient is ~1e5 in norm (256 examples x 784 pixels).  RAdam (Liu et al. 2020) takes its
+thesis's, so its gradient is a sum of 256 x 784 pixel terms, not an average.  RAdam (Liu et al. 2020) takes its
 first steps, while the variance rectification is undefined (``rho_t <= 5``, steps 1-5 with b2 = 0.999), as
 momentum SGD on the raw gradient, ``lr * m_hat``: on full MNIST the pixel logits reached 2e5 at step 2
 and 1e20 at step 3, and the loss was NaN at step 5, whatever the formulation (the BCE here is already

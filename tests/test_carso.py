@@ -261,7 +261,7 @@ def test_init_from_another_architecture_is_a_clear_error(classifier_workdir, syn
 
 
 def test_the_purifiers_first_optimiser_steps_stay_finite(synthetic_mnist_dir):
-    """RAdam's first steps (rho_t <= 5) are momentum SGD on the raw gradient, which the summed loss makes
+    """RAdam's first steps (rho_t < 5, steps 1-5) are momentum SGD on the raw gradient, which the summed loss makes
     ~1e5 in norm: without the config's gradient clipping the purifier's loss grew ~1e4-fold per step and was
     NaN by step 6 (the full-MNIST run: by step 5)."""
     config = carso_mnist.get_config("small")

@@ -20,7 +20,7 @@ each, mean over the variants; a training monitor, not CARSO's prediction, which 
 
 Stability (``configs/carso_mnist.py`` clips gradients to global norm 1).  The loss is kept summed, as the
 thesis's, so its gradient is a sum of 256 x 784 pixel terms, not an average.  RAdam (Liu et al. 2020) takes its
-first steps, while the variance rectification is undefined (``rho_t <= 5``, steps 1-5 with b2 = 0.999), as
+first steps, while the variance rectification is undefined (``rho_t < 5``, steps 1-5 with b2 = 0.999), as
 momentum SGD on the raw gradient, ``lr * m_hat``: on full MNIST the pixel logits reached 2e5 at step 2
 and 1e20 at step 3, and the loss was NaN at step 5, whatever the formulation (the BCE here is already
 computed from the logits, and ``log s^2`` overflowed only after the weights had).  Clipped, the same

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from andor_jax.attacks import common
-from andor_jax.attacks.losses import LOSSES
+from andor_jax.attacks.losses import loss_function
 from andor_jax.attacks.oracle import LogitsFn, Oracle
 
 STEP_RULES = ("sign", "adadelta")
@@ -50,9 +50,9 @@ def default_step_size(step_rule: str, eps, steps: int):
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "restarts", "parallel_restarts",
                                              "random_start", "loss", "step_rule", "stop_when_all_broken"))
-def _pgd(oracle: Oracle, x, y, key, eps, step_size, domain, *, norm, steps, restarts, parallel_restarts,
+def _pgd(oracle: Oracle, x, y, key, eps, step_size, domain, target, *, norm, steps, restarts, parallel_restarts,
          random_start, loss, step_rule, stop_when_all_broken) -> common.AttackResult:
-    loss_fn = LOSSES[loss]
+    loss_fn = loss_function(loss, target)
     rule = ascent_rule(step_rule, norm, step_size)
     clean_key, start_key, steps_key, final_key = jax.random.split(key, 4)
     groups = restarts // parallel_restarts
@@ -116,7 +116,7 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
         domain=(0.0, 1.0), norm: str = "linf", steps: int = 40, restarts: int = 1, step_size=None,
         random_start: bool = True, loss: str = "ce", step_rule: str = "sign",
         gradient_logits_fn: LogitsFn | None = None, stop_when_all_broken: bool = True,
-        parallel_restarts: int | None = None) -> common.AttackResult:
+        parallel_restarts: int | None = None, target: jax.Array | None = None) -> common.AttackResult:
     """PGD with restarts (vmapped, in groups of ``parallel_restarts``) against ``logits_fn``.
 
     Args:
@@ -143,6 +143,8 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
         the other, so that a batch broken by the first group skips the rest.  None: all at once (the
         fastest when inputs resist, e.g. on an accelerator); 1: one restart at a time (the least work
         when most inputs break early).
+      target: (batch,) classes to aim at with the targeted form of ``loss``
+        (`andor_jax.attacks.losses.TARGETED_LOSSES`; PGD-T, `andor_jax.attacks.targeted`); None: untargeted.
 
     Returns:
       An `AttackResult`.
@@ -159,6 +161,6 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
     if step_size is None:
         step_size = default_step_size(step_rule, eps, steps)
     common.check_non_negative("step_size", step_size)
-    return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, norm=norm, steps=steps,
+    return _pgd(oracle, x, y, key, eps, common.as_scalar(step_size, x), domain, target, norm=norm, steps=steps,
                 restarts=restarts, parallel_restarts=parallel_restarts, random_start=bool(random_start), loss=loss,
                 step_rule=step_rule, stop_when_all_broken=bool(stop_when_all_broken))

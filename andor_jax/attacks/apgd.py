@@ -16,6 +16,9 @@ The step size starts at ``eta_0 = 2 eps`` and is halved, per example, at checkpo
 after a halving the iterate restarts from the best point found (here without momentum).  The returned point
 is a misclassified one if any was seen, otherwise the best-loss point.
 
+Given (batch,) ``target`` classes, the loss is the targeted one towards them (`TARGETED_LOSSES` of
+`andor_jax.attacks.losses`); APGD-T runs this once per target (`andor_jax.attacks.targeted`).
+
 Every quantity above is per input, so the inputs already broken by some restart leave the batch every
 ``compact_every`` iterations (`andor_jax.attacks.compaction`) without changing the others' iterations.
 """
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from andor_jax.attacks import common, compaction
-from andor_jax.attacks.losses import LOSSES
+from andor_jax.attacks.losses import TARGETED_LOSSES, loss_function
 from andor_jax.attacks.oracle import LogitsFn, Oracle
 
 
@@ -99,10 +102,10 @@ def _start(oracle: Oracle, x, y, key, eps, domain, *, norm, restarts, random_sta
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "steps", "loss"))
-def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, eps, domain, momentum,
+def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first, stop, eps, domain, momentum,
              improving_fraction, *, norm, steps, loss) -> SearchState:
     """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input is broken)."""
-    loss_fn = LOSSES[loss]
+    loss_fn = loss_function(loss, target)
     is_checkpoint, window = (jnp.asarray(a) for a in _schedule(steps))
 
     def step(x, y, state: SearchState, step_key, t):
@@ -146,10 +149,10 @@ def _iterate(oracle: Oracle, x, y, state: SearchState, step_keys, first, stop, e
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "loss"))
-def _finish(oracle: Oracle, x, y, state: SearchState, final_keys, *, loss) -> common.AttackResult:
+def _finish(oracle: Oracle, x, y, target, state: SearchState, final_keys, *, loss) -> common.AttackResult:
     """The last iterate is checked too; per input, a misclassified point of some restart, otherwise the
     best-loss point over the restarts."""
-    loss_fn = LOSSES[loss]
+    loss_fn = loss_function(loss, target)
 
     def one_restart(x, y, state: SearchState, final_key):
         logits = oracle.logits(state.x_t, final_key)
@@ -165,7 +168,8 @@ def _finish(oracle: Oracle, x, y, state: SearchState, final_keys, *, loss) -> co
 def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
          domain=(0.0, 1.0), norm: str = "linf", steps: int = 100, restarts: int = 1, loss: str = "ce",
          random_start: bool = True, momentum: float = 0.75, improving_fraction: float = 0.75,
-         gradient_logits_fn: LogitsFn | None = None, compact_every: int | None = 10) -> common.AttackResult:
+         gradient_logits_fn: LogitsFn | None = None, compact_every: int | None = 10,
+         target: jax.Array | None = None) -> common.AttackResult:
     """APGD against ``logits_fn`` (see the module docstring).
 
     Args:
@@ -188,6 +192,8 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
         it, `andor_jax.attacks.compaction`); None keeps the whole batch.  Inside a caller's ``jax.jit`` the
         batch is never compacted.  The verdict and the points are the same either way for a deterministic
         model; the iterations stop once every input is broken.
+      target: (batch,) classes to aim at with the targeted form of ``loss`` (``'ce'``, ``'margin'`` or
+        ``'dlr'``); None: untargeted.
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                          gradient_logits_fn=gradient_logits_fn)
@@ -195,6 +201,8 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
     common.check_positive_int("restarts", restarts)
     if compact_every is not None:
         common.check_positive_int("compact_every", compact_every)
+    if target is not None:
+        common.check_choice("targeted loss", loss, TARGETED_LOSSES)
     for setting, value in (("momentum", momentum), ("improving_fraction", improving_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")
@@ -207,9 +215,10 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
         return _iterate(oracle, *operands, state, step_keys, first, stop, eps, domain, momentum, improving_fraction,
                         norm=norm, steps=steps, loss=loss)
 
+    operands = (x, y, target)
     if compact_every is None or common.traced(x, y, key, eps):
-        state = iterate((x, y), state, 0, steps)
+        state = iterate(operands, state, 0, steps)
     else:
-        state = compaction.run_compacting(iterate, (x, y), state, start=0, stop=steps, every=compact_every,
+        state = compaction.run_compacting(iterate, operands, state, start=0, stop=steps, every=compact_every,
                                           finished=lambda state: jnp.any(state.broken, axis=1))
-    return _finish(oracle, x, y, state, jax.random.split(final_key, restarts), loss=loss)
+    return _finish(oracle, x, y, target, state, jax.random.split(final_key, restarts), loss=loss)

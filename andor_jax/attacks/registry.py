@@ -18,9 +18,11 @@ from andor_jax.attacks.fgsm import fgm, fgsm, ifgsm
 from andor_jax.attacks.oracle import randomised
 from andor_jax.attacks.pgd import pgd
 from andor_jax.attacks.square import square
+from andor_jax.attacks.targeted import apgd_targeted, fab_targeted, pgd_targeted
 
 KINDS = ("single-step", "iterative", "minimal", "gradient-free")
-_CALL_ARGUMENTS = ("eps", "domain", "gradient_logits_fn")  # passed by run_attack itself, never a setting
+# passed by run_attack itself (or, the target, by the targeted wrapper), never a setting
+_CALL_ARGUMENTS = ("eps", "domain", "gradient_logits_fn", "target")
 
 
 class AttackSpec(NamedTuple):
@@ -66,10 +68,16 @@ ATTACKS: dict[str, AttackSpec] = {
                          random_start=False),
     "apgd-ce": _spec(apgd, "APGD L-inf on cross-entropy (Croce & Hein 2020)", "linf", "iterative"),
     "apgd-dlr": _spec(apgd, "APGD L-inf on the DLR loss (Croce & Hein 2020)", "linf", "iterative", loss="dlr"),
+    "apgd-t": _spec(apgd_targeted, "APGD-T L-inf: APGD on the targeted DLR loss, one run per top class (Croce & "
+                    "Hein 2020)", "linf", "iterative", loss="dlr"),
+    "pgd-t": _spec(pgd_targeted, "PGD-T L-inf: PGD on the targeted margin z_t - z_y, one run per top class",
+                   "linf", "iterative", steps=100, loss="margin"),
     "deepfool": _spec(deepfool, "DeepFool L-inf, clipped to the ball (Moosavi-Dezfooli et al. 2016)", "linf",
                       "minimal"),
     "deepfool-l2": _spec(deepfool, "DeepFool L2, clipped to the ball (Moosavi-Dezfooli et al. 2016)", "l2",
                          "minimal", norm="l2"),
+    "fab-t": _spec(fab_targeted, "FAB-T L-inf: targeted fast adaptive boundary attack, one run per top class, "
+                   "clipped to the ball (Croce & Hein 2020)", "linf", "minimal"),
     "square": _spec(square, "Square attack L-inf, gradient-free random search (Andriushchenko et al. 2020)",
                     "linf", "gradient-free"),
 }

@@ -55,20 +55,20 @@ def run_compacting(segment: Callable[[Any, Any, int, int], Any], operands, state
         jax.tree.map(lambda kept, new: kept.__setitem__(rows[mask], np.asarray(new)[mask]), whole, state)
 
     first = start
-    while first < stop:
-        last = min(first + every, stop)
-        state = segment(operands, state, first, last)
-        first = last
+    while first < stop:  # inputs finished from the start (clean errors) leave before the first segment
         real = rows >= 0
         done = np.asarray(finished(state))
         active = np.flatnonzero(real & ~done)
-        size = compacted_size(active.size, len(rows))
-        if not active.size or first == stop:
+        if not active.size:
             break
+        size = compacted_size(active.size, len(rows))
         if size < len(rows):  # the finished rows leave: their state is final
             write_back(real & done)
             take = np.concatenate([active, np.repeat(np.flatnonzero(done)[:1], size - active.size)])
             operands, state = jax.tree.map(lambda a: a[take], (operands, state))
             rows = np.concatenate([rows[active], np.full(size - active.size, -1)])
+        last = min(first + every, stop)
+        state = segment(operands, state, first, last)
+        first = last
     write_back(rows >= 0)
     return jax.tree.map(jnp.asarray, whole)

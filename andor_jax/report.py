@@ -11,7 +11,10 @@ a certification on other examples than the attacks becomes its own entry (`merge
 The sanity checks follow Carlini et al. 2019 ("On evaluating adversarial robustness") and Tramer et al. 2020
 ("On adaptive attacks to adversarial example defenses"): accuracy must not rise with eps; iterative attacks
 must be at least as strong as single-step ones; at a large enough eps accuracy must reach chance; and a
-gradient-free attack beating the gradient attacks means the gradients are masked.
+gradient-free attack beating the gradient attacks means the gradients are masked; and the attacks have
+converged: the convergence check (`andor_jax.evaluators.robustness.Convergence`, twice the budget of the
+strongest attack on the examples still standing) breaks at most its threshold of the examples.  The headline
+robust accuracy is counted after that check.
 """
 from __future__ import annotations
 
@@ -39,9 +42,12 @@ RESULT_KINDS = ("robustness", "certified", "andness", "spectrum")
 def robustness_summary(outcomes: Outcomes) -> dict:
     """The attack suite's numbers from its per-example outcomes: ``clean_accuracy``, ``attacks`` ({label:
     {eps: accuracy}}, an example counting as correct if it is clean-correct and correct at the attack's
-    point), ``robust_accuracy`` ({eps: accuracy under the per-example worst case over every attack}),
-    ``settings`` and ``sanity`` (`sanity_checks`); for a randomised model also ``clean_accuracy_per_draw``
-    (the mean over draws, where ``clean_accuracy`` needs every verdict draw right)."""
+    point; in a sequential suite, after that attack and every earlier one), ``robust_accuracy`` ({eps:
+    accuracy under the per-example worst case over every attack and the convergence check}), ``settings``
+    and ``sanity`` (`sanity_checks`); for a sequential suite ``broken_by`` ({label: {eps: examples that
+    attack broke first}}); with a convergence check ``robust_accuracy_before_check`` and ``convergence``
+    (`convergence_summary`); for a randomised model also ``clean_accuracy_per_draw`` (the mean over draws,
+    where ``clean_accuracy`` needs every verdict draw right)."""
     clean = np.asarray(outcomes.clean, bool)
 
     def accuracy(mask):
@@ -50,13 +56,46 @@ def robustness_summary(outcomes: Outcomes) -> dict:
     attacks = {label: {k: accuracy(clean & correct) for k, correct in table.items()}
                for label, table in outcomes.correct.items()}
     keys = [eps_key(eps) for eps in outcomes.settings["threat_model"]["eps_grid"]]
-    robust = {k: accuracy(clean & np.all([table[k] for table in outcomes.correct.values()], axis=0)) for k in keys}
+    standing = {k: clean & np.all([table[k] for table in outcomes.correct.values()], axis=0) for k in keys}
+    robust = {k: accuracy(standing[k]) for k in keys}
     summary = {"clean_accuracy": accuracy(clean), "attacks": attacks, "robust_accuracy": robust,
                "settings": outcomes.settings}
+    if outcomes.settings.get("sequential"):
+        summary["broken_by"] = broken_by(clean, outcomes.correct, keys)
+    if outcomes.check is not None:
+        summary["robust_accuracy_before_check"] = robust
+        summary["robust_accuracy"] = {k: accuracy(clean & outcomes.check[k]) for k in keys}
+        summary["convergence"] = convergence_summary(standing, outcomes.check, outcomes.settings["convergence"])
     if outcomes.clean_per_draw is not None:
         summary["clean_accuracy_per_draw"] = float(np.mean(outcomes.clean_per_draw))
     summary["sanity"] = sanity_checks(summary)
     return summary
+
+
+def broken_by(clean: np.ndarray, correct: Mapping[str, Mapping[str, np.ndarray]], keys) -> dict:
+    """``{label: {eps: count}}``: the examples each attack of a sequential suite broke, of those the clean
+    check and the attacks before it left standing (``correct`` holds who stands after each, in order)."""
+    counts = {label: {} for label in correct}
+    for k in keys:
+        before = clean
+        for label, table in correct.items():
+            after = clean & table[k]
+            counts[label][k] = int(np.sum(before & ~after))
+            before = after
+    return counts
+
+
+def convergence_summary(standing: Mapping[str, np.ndarray], check: Mapping[str, np.ndarray], record: Mapping) -> dict:
+    """What the convergence check found: ``broken`` ({eps: examples it broke of those standing}),
+    ``fraction`` (of all examples), ``converged`` (at every eps at most ``threshold``), with its ``attack``,
+    ``threshold`` and ``settings``."""
+    broken = {k: int(np.sum(standing[k] & ~np.asarray(check[k], bool))) for k in standing}
+    total = len(next(iter(standing.values())))
+    fraction = {k: count / total for k, count in broken.items()}
+    return {"attack": record["attack"], "threshold": record["threshold"], "factor": record["factor"],
+            "settings": record["settings"], "standing": {k: int(np.sum(v)) for k, v in standing.items()},
+            "broken": broken, "fraction": fraction,
+            "converged": all(value <= record["threshold"] for value in fraction.values())}
 
 
 # Sanity checks.
@@ -85,7 +124,9 @@ def sanity_checks(report: Mapping) -> list[dict]:
     def same_family(a, b):  # same norm, same gradient
         return records[a]["norm"] == records[b]["norm"] and records[a]["gradient"] == records[b]["gradient"]
 
-    for iterative in (label for label in results if records[label]["kind"] == "iterative"):
+    sequential = bool(report["settings"].get("sequential"))
+    # in a sequential suite the accuracies are cumulative, so that a later attack is never weaker
+    for iterative in (label for label in results if records[label]["kind"] == "iterative" and not sequential):
         for single in (label for label in results if records[label]["kind"] == "single-step"):
             if not same_family(iterative, single):
                 continue
@@ -105,7 +146,17 @@ def sanity_checks(report: Mapping) -> list[dict]:
                              "expected: such a ball reaches inputs of every class)" +
                              ("" if robust <= CHANCE_CEILING else "; the attacks are failing")))
 
-    for free in (label for label in results if records[label]["kind"] == "gradient-free"):
+    order = list(results)
+    for free in (label for label in results if records[label]["kind"] == "gradient-free" and sequential):
+        index = order.index(free)
+        ahead = [k for k in results[free] if (results[order[index - 1]][k] if index else report["clean_accuracy"])
+                 - results[free][k] > MASKING_MARGIN]
+        checks.append(_check(
+            f"no gradient masking: {free} after the gradient attacks", not ahead,
+            f"{free} breaks at most {MASKING_MARGIN:.0%} of the examples the attacks before it left" if not ahead else
+            f"{free} breaks more than {MASKING_MARGIN:.0%} of the examples that the attacks before it left at eps "
+            f"{ahead}: those gradients are likely masked; use BPDA, EOT or pseudo-gradients"))
+    for free in (label for label in results if records[label]["kind"] == "gradient-free" and not sequential):
         rivals = [label for label in results
                   if records[label]["gradient"] != "none" and records[label]["norm"] == records[free]["norm"]]
         for gradient in sorted({records[label]["gradient"] for label in rivals}):
@@ -118,6 +169,18 @@ def sanity_checks(report: Mapping) -> list[dict]:
                 if not ahead else
                 f"{free} beats every {gradient}-gradient attack by more than {MASKING_MARGIN:.0%} at eps "
                 f"{ahead}: those gradients are likely masked; use BPDA, EOT or pseudo-gradients"))
+
+    convergence = report.get("convergence")
+    if convergence:
+        worst = max(convergence["fraction"].items(), key=lambda kv: kv[1])
+        checks.append(_check(
+            f"converged: {convergence['attack']} with {convergence['factor']}x steps and restarts",
+            convergence["converged"],
+            f"the check breaks at most {worst[1]:.2%} more of the examples (eps {worst[0]}; threshold "
+            f"{convergence['threshold']:.2%})" if convergence["converged"] else
+            f"not converged: the check breaks {worst[1]:.2%} more of the examples at eps {worst[0]} (threshold "
+            f"{convergence['threshold']:.2%}): the suite's figure was too high; use more steps, restarts or a "
+            "stronger suite"))
     return checks
 
 
@@ -200,24 +263,31 @@ def format_header(header: Mapping) -> list[str]:
 def _format_robustness(robustness: Mapping, certified: Mapping | None) -> list[str]:
     attacks = robustness["attacks"]
     robust = robustness["robust_accuracy"]
+    before = robustness.get("robust_accuracy_before_check")
     table = certified["certified_accuracy"] if certified else None
     eps_values = sorted({float(k) for t in (*attacks.values(), robust, table or {}) for k in t})
-    header = ["eps", *attacks, "robust (upper bound)" if table is not None else "robust (worst case)"]
+    header = ["eps", *attacks, *(["before check"] if before else []),
+              "robust (upper bound)" if table is not None else "robust (worst case)"]
     if table is not None:
         header += ["certified (lower bound)", "gap"]
     lines = ["### Accuracy (%)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for eps in eps_values:
         upper, lower = _lookup(robust, eps), _lookup(table, eps)
-        row = [f"{eps:g}", *(_percent(_lookup(t, eps)) for t in attacks.values()), _percent(upper)]
+        row = [f"{eps:g}", *(_percent(_lookup(t, eps)) for t in attacks.values()),
+               *([_percent(_lookup(before, eps))] if before else []), _percent(upper)]
         if table is not None:
             row += [_percent(lower), _percent(None if upper is None or lower is None else upper - lower)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Robust accuracy counts an example correct only if it is classified correctly clean and under "
-              "every attack (the per-example worst case)."]
+              "every attack (the per-example worst case)" + (", and after the convergence check." if before else ".")]
+    if robustness["settings"].get("sequential"):
+        lines.append("The attacks ran as a suite, in this order, each on the examples the ones before it left "
+                     "standing: an attack's column is the accuracy after it and every attack before it.")
     if table is not None:
         lines.append("Certified accuracy (interval bound propagation, on the same examples) is a proven lower "
                      "bound, robust accuracy under attack an upper bound; the true robust accuracy lies in the gap.")
     lines.append("")
+    lines += _format_breaks(robustness, eps_values)
     settings = robustness["settings"]
     threat = settings["threat_model"]
     lo, hi = threat["domain"]
@@ -246,6 +316,39 @@ def _format_robustness(robustness: Mapping, certified: Mapping | None) -> list[s
         lines += [f"- {'PASS' if check['passed'] else '**FAIL**'} {check['name']}: {check['message']}"
                   for check in robustness["sanity"]]
         lines.append("")
+    return lines
+
+
+def _format_breaks(robustness: Mapping, eps_values: list[float]) -> list[str]:
+    """Which attack of a suite broke how many examples, and what the convergence check found."""
+    lines = []
+    counts, convergence = robustness.get("broken_by"), robustness.get("convergence")
+    if counts:
+        header = ["eps", *counts, *(["convergence check"] if convergence else [])]
+        lines += ["### Examples broken by each attack", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for eps in eps_values:
+            row = [f"{eps:g}", *(str(_lookup(table, eps)) for table in counts.values())]
+            lines.append("| " + " | ".join(row + ([str(_lookup(convergence["broken"], eps))] if convergence else []))
+                         + " |")
+        lines.append("")
+    if convergence:
+        settings = convergence["settings"]
+        scaled = ", ".join(f"{name}={settings[name]}" for name in ("steps", "restarts", "n_queries", "max_iter",
+                                                                    "targets") if name in settings)
+        verdict = "converged" if convergence["converged"] else "**NOT CONVERGED**"
+        lines += ["### Convergence check", "",
+                  f"The examples still standing were attacked again by {convergence['attack']} with "
+                  f"{convergence['factor']}x its steps and restarts ({scaled}) and a fresh key: {verdict} (threshold "
+                  f"{convergence['threshold']:.2%} of the examples).", "",
+                  "| eps | standing before | broken by the check | % of the examples |", "|---|---|---|---|"]
+        for eps in eps_values:
+            lines.append(f"| {eps:g} | {_lookup(convergence['standing'], eps)} | {_lookup(convergence['broken'], eps)} "
+                         f"| {_percent(_lookup(convergence['fraction'], eps))} |")
+        lines.append("")
+    elif "convergence" in robustness["settings"]:
+        lines += ["No convergence check ran (switched off, or no attack with steps or restarts to scale): the "
+                  "attacks' convergence is untested.", ""]
     return lines
 
 

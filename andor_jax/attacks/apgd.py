@@ -16,8 +16,9 @@ The step size starts at ``eta_0 = 2 eps`` and is halved, per example, at checkpo
 after a halving the iterate restarts from the best point found (here without momentum).  The returned point
 is a misclassified one if any was seen, otherwise the best-loss point.
 
-Given (batch,) ``target`` classes, the loss is the targeted one towards them (`TARGETED_LOSSES` of
-`andor_jax.attacks.losses`); APGD-T runs this once per target (`andor_jax.attacks.targeted`).
+Given (batch, k) ``target`` classes, the loss is the targeted one towards them (`TARGETED_LOSSES` of
+`andor_jax.attacks.losses`), ``restarts`` runs per target, all k x restarts runs vmapped: APGD-T
+(`andor_jax.attacks.targeted`).
 
 Every quantity above is per input, so the inputs already broken by some restart leave the batch every
 ``compact_every`` iterations (`andor_jax.attacks.compaction`) without changing the others' iterations.
@@ -81,8 +82,9 @@ class SearchState(NamedTuple):
 
 
 def _over_restarts(fn):
-    """``fn`` vmapped over the restart axis 1 of its state (and of the per-restart arrays after it)."""
-    return jax.vmap(fn, in_axes=(None, None, 1, 0), out_axes=1)
+    """``fn(x, y, target, state, key)`` vmapped over the restart axis 1 of the targets and the state and axis 0
+    of the keys."""
+    return jax.vmap(fn, in_axes=(None, None, 1, 1, 0), out_axes=1)
 
 
 @functools.partial(jax.jit, static_argnames=("oracle", "norm", "restarts", "random_start"))
@@ -105,11 +107,10 @@ def _start(oracle: Oracle, x, y, key, eps, domain, *, norm, restarts, random_sta
 def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first, stop, eps, domain, momentum,
              improving_fraction, *, norm, steps, loss) -> SearchState:
     """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input is broken)."""
-    loss_fn = loss_function(loss, target)
     is_checkpoint, window = (jnp.asarray(a) for a in _schedule(steps))
 
-    def step(x, y, state: SearchState, step_key, t):
-        logits, losses, grads = oracle.loss_and_grad(loss_fn, state.x_t, y, step_key)
+    def step(x, y, target, state: SearchState, step_key, t):
+        logits, losses, grads = oracle.loss_and_grad(loss_function(loss, target), state.x_t, y, step_key)
         found, broken = common.record_misclassified(state.found, state.broken, state.x_t, logits, y)
         successes = state.successes + ((t > 0) & (losses > state.previous_loss))
         improved = losses > state.best_loss
@@ -142,7 +143,7 @@ def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first,
 
     def one_step(carry):
         t, state = carry
-        return t + 1, _over_restarts(lambda x, y, state, key: step(x, y, state, key, t))(x, y, state, step_keys[:, t])
+        return t + 1, _over_restarts(lambda *args: step(*args, t))(x, y, target, state, step_keys[:, t])
 
     _, state = jax.lax.while_loop(unfinished, one_step, (first, state))
     return state
@@ -152,16 +153,14 @@ def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first,
 def _finish(oracle: Oracle, x, y, target, state: SearchState, final_keys, *, loss) -> common.AttackResult:
     """The last iterate is checked too; per input, a misclassified point of some restart, otherwise the
     best-loss point over the restarts."""
-    loss_fn = loss_function(loss, target)
-
-    def one_restart(x, y, state: SearchState, final_key):
+    def one_restart(x, y, target, state: SearchState, final_key):
         logits = oracle.logits(state.x_t, final_key)
         found, broken = common.record_misclassified(state.found, state.broken, state.x_t, logits, y)
-        last_loss = loss_fn(logits, y)
+        last_loss = loss_function(loss, target)(logits, y)
         best_x = jnp.where(common.per_example(last_loss > state.best_loss, x), state.x_t, state.best_x)
         return jnp.where(common.per_example(broken, x), found, best_x), broken, jnp.maximum(state.best_loss, last_loss)
 
-    x_adv, broken, best_loss = _over_restarts(one_restart)(x, y, state, final_keys)
+    x_adv, broken, best_loss = _over_restarts(one_restart)(x, y, target, state, final_keys)
     return common.best_of_restarts(*(jnp.moveaxis(a, 1, 0) for a in (x_adv, broken, best_loss)))
 
 
@@ -192,8 +191,8 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
         it, `andor_jax.attacks.compaction`); None keeps the whole batch.  Inside a caller's ``jax.jit`` the
         batch is never compacted.  The verdict and the points are the same either way for a deterministic
         model; the iterations stop once every input is broken.
-      target: (batch,) classes to aim at with the targeted form of ``loss`` (``'ce'``, ``'margin'`` or
-        ``'dlr'``); None: untargeted.
+      target: (batch, k) classes to aim at with the targeted form of ``loss`` (``'ce'``, ``'margin'`` or
+        ``'dlr'``), ``restarts`` runs for each of the k (vmapped together); None: untargeted.
     """
     oracle, eps, domain = common.prepare(logits_fn, x, y, key, eps=eps, domain=domain, norm=norm, loss=loss,
                                          gradient_logits_fn=gradient_logits_fn)
@@ -203,6 +202,8 @@ def apgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Arra
         common.check_positive_int("compact_every", compact_every)
     if target is not None:
         common.check_choice("targeted loss", loss, TARGETED_LOSSES)
+        target = jnp.repeat(jnp.asarray(target).reshape(jnp.shape(y)[0], -1), restarts, axis=1)
+        restarts = target.shape[1]
     for setting, value in (("momentum", momentum), ("improving_fraction", improving_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{setting} must lie in [0, 1], got {value}")

@@ -73,19 +73,21 @@ class SearchState(NamedTuple):
 
 
 def _over_restarts(fn):
-    """``fn`` vmapped over the restart axis 1 of its state and axis 0 of its keys."""
-    return jax.vmap(fn, in_axes=(None, None, 1, 0), out_axes=1)
+    """``fn(x, y, target, state, keys)`` vmapped over the restart axis 1 of the targets and the state and axis
+    0 of the keys."""
+    return jax.vmap(fn, in_axes=(None, None, 1, 1, 0), out_axes=1)
 
 
-@functools.partial(jax.jit, static_argnames=("oracle", "restarts"))
-def _start(oracle: Oracle, x, y, key, eps, domain, *, restarts) -> SearchState:
-    """Restart 0 at ``x``, the others at random points at L-inf distance eps / 2; clean errors are found at
-    distance 0."""
+@functools.partial(jax.jit, static_argnames=("oracle", "restarts", "per_target"))
+def _start(oracle: Oracle, x, y, key, eps, domain, *, restarts, per_target) -> SearchState:
+    """The first restart of each target at ``x``, the others at random points at L-inf distance eps / 2;
+    clean errors are found at distance 0."""
     clean_key, start_key = jax.random.split(key)
     clean_broken = common.misclassified(oracle.logits(x, clean_key), y)
     u = jax.random.uniform(start_key, (restarts,) + x.shape, x.dtype, -1.0, 1.0)
     scale = jnp.max(jnp.abs(u.reshape(restarts, x.shape[0], -1)), axis=2).reshape((restarts, -1) + (1,) * (x.ndim - 1))
-    starts = common.clip_to_domain(x + 0.5 * eps * u / jnp.maximum(scale, 1e-12), domain).at[0].set(x)
+    first = (jnp.arange(restarts) % per_target == 0).reshape((restarts,) + (1,) * x.ndim)
+    starts = jnp.where(first, x, common.clip_to_domain(x + 0.5 * eps * u / jnp.maximum(scale, 1e-12), domain))
     batch = x.shape[0]
     best_norm = jnp.where(clean_broken, 0.0, jnp.inf).astype(x.dtype)
     return SearchState(jnp.moveaxis(starts, 0, 1), jnp.broadcast_to(x[:, None], (batch, restarts) + x.shape[1:]),
@@ -96,12 +98,11 @@ def _start(oracle: Oracle, x, y, key, eps, domain, *, restarts) -> SearchState:
 def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first, stop, eps, domain, alpha_max, eta,
              beta) -> SearchState:
     """Iterations ``first, ..., stop - 1`` of every restart (fewer once every input has a point within eps)."""
-    loss_fn = loss_function("margin", target)      # f = z_t - z_y
     flat = (x.shape[0], -1)
 
-    def step(x, y, state: SearchState, keys):
+    def step(x, y, target, state: SearchState, keys):
         gradient_key, check_key = keys
-        _, f, grads = oracle.loss_and_grad(loss_fn, state.x_t, y, gradient_key)
+        _, f, grads = oracle.loss_and_grad(loss_function("margin", target), state.x_t, y, gradient_key)  # z_t - z_y
         w = grads.reshape(flat)
         b = jnp.sum(w * state.x_t.reshape(flat), axis=1) - f
         d1 = hyperplane_step(state.x_t.reshape(flat), w, b, domain)
@@ -125,7 +126,7 @@ def _iterate(oracle: Oracle, x, y, target, state: SearchState, step_keys, first,
 
     def one_step(carry):
         t, state = carry
-        return t + 1, _over_restarts(step)(x, y, state, step_keys[:, t])
+        return t + 1, _over_restarts(step)(x, y, target, state, step_keys[:, t])
 
     _, state = jax.lax.while_loop(unfinished, one_step, (first, state))
     return state
@@ -157,9 +158,10 @@ def fab(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       key: PRNG key for the random restarts (and the draws of a randomised model).
       eps: L-inf radius the final point is clipped to and judged at.
       domain: the input box ``(lo, hi)``.
-      target: (batch,) target classes, each different from its label.
+      target: (batch, k) target classes, each different from its label.
       steps: iterations per restart (one gradient and one forward pass each).
-      restarts: runs in parallel (vmapped), the first from ``x``, the others from random points.
+      restarts: runs per target, the first from ``x``, the others from random points; all k x restarts
+        runs in parallel (vmapped).
       alpha_max: the largest weight of the step from the original input.
       eta: extrapolation of the steps onto the linearised boundary (> 1 overshoots it).
       beta: the pull-back factor towards ``x`` after an adversarial point.
@@ -177,15 +179,18 @@ def fab(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
         raise ValueError(f"alpha_max must lie in [0, 1], got {alpha_max}")
     if not (eta >= 1.0 and 0.0 < beta < 1.0):
         raise ValueError(f"FAB needs eta >= 1 and 0 < beta < 1, got eta {eta} and beta {beta}")
+    per_target = restarts
+    target = jnp.repeat(jnp.asarray(target).reshape(jnp.shape(y)[0], -1), per_target, axis=1)
+    restarts = target.shape[1]
     start_key, steps_key, final_key = jax.random.split(key, 3)
-    state = _start(oracle, x, y, start_key, eps, domain, restarts=restarts)
+    state = _start(oracle, x, y, start_key, eps, domain, restarts=restarts, per_target=per_target)
     step_keys = jax.random.split(steps_key, (restarts, steps, 2))
     constants = tuple(common.as_scalar(value, x) for value in (alpha_max, eta, beta))
 
     def iterate(operands, state, first, stop):
         return _iterate(oracle, *operands, state, step_keys, first, stop, eps, domain, *constants)
 
-    operands = (x, y, jnp.asarray(target))
+    operands = (x, y, target)
     if compact_every is None or common.traced(x, y, key, eps):
         state = iterate(operands, state, 0, steps)
     else:

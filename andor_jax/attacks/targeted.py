@@ -3,12 +3,15 @@ evaluation of adversarial robustness with an ensemble of diverse parameter-free 
 FAB-T.
 
 The targets of an input are the ``targets`` classes other than its label with the largest clean logits, the
-strongest rival first.  One run of the attack aims at each in turn, each run only on the inputs that no
-earlier run has broken (they leave the batch, padded to a multiple of an eighth of it so that each attack
-compiles for at most `andor_jax.attacks.compaction.GRANULES` batch sizes); an input is broken if any run
-breaks it.  Against the untargeted margin ``max_{k != y} z_k - z_y`` a targeted run follows one rival's
-margin ``z_t - z_y`` all the way, where the untargeted one may switch between rivals and stall.  Inside a
-caller's ``jax.jit`` every run attacks the whole batch.
+strongest rival first, and one run of the attack aims at each; an input is broken if any run breaks it.
+Against the untargeted margin ``max_{k != y} z_k - z_y`` a targeted run follows one rival's margin
+``z_t - z_y`` all the way, where the untargeted one may switch between rivals and stall.
+
+APGD-T and FAB-T run every target at once, as restarts (vmapped; an input leaves the batch at the attack's
+next compaction once any run has broken it).  PGD-T, whose PGD has no compaction, runs the targets in turn,
+each on the inputs that no earlier run has broken (gathered, padded to a multiple of an eighth of the batch
+so that it compiles for at most `andor_jax.attacks.compaction.GRANULES` batch sizes; inside a caller's
+``jax.jit`` on the whole batch).
 """
 from __future__ import annotations
 
@@ -30,12 +33,14 @@ DEFAULT_TARGETS = 9  # AutoAttack's standard: every other class of a 10-class pr
 
 
 def run_targeted(attack: Callable[..., common.AttackResult], logits_fn, x, y, key, *, eps, domain, targets: int,
-                 gradient_logits_fn=None, **settings) -> common.AttackResult:
-    """``attack(..., target=t)`` for each of the top ``targets`` rival classes ``t`` of every input (at most
-    the number of classes less one), on the inputs still standing (see the module docstring).
+                 all_at_once: bool, gradient_logits_fn=None, **settings) -> common.AttackResult:
+    """``attack`` aimed at each of the top ``targets`` rival classes of every input (at most the number of
+    classes less one; see the module docstring): ``all_at_once``, one call with ``target`` of shape (batch,
+    targets); otherwise one call per target with ``target`` of shape (batch,), on the inputs still standing.
 
     Returns:
-      An `AttackResult`: per input, the point of the first run that broke it, otherwise the first run's.
+      An `AttackResult`: per input, the point of a run that broke it, otherwise (one target at a time) the
+      first run's or (all at once) the attack's own choice.
     """
     common.check_positive_int("targets", targets)
     loss = settings.get("loss")
@@ -47,7 +52,10 @@ def run_targeted(attack: Callable[..., common.AttackResult], logits_fn, x, y, ke
     if loss == "dlr" and num_classes < 4:
         raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {num_classes}")
     order_key, runs_key = jax.random.split(key)
-    order = top_targets(oracle.logits(x, order_key), y, min(targets, num_classes - 1))
+    clean_logits = oracle.logits(x, order_key)
+    order = top_targets(clean_logits, y, min(targets, num_classes - 1))
+    if all_at_once:
+        return attack(oracle, x, y, runs_key, eps=eps, domain=domain, target=order, **settings)
     run_keys = jax.random.split(runs_key, order.shape[1])
 
     def one_run(j, rows):
@@ -63,14 +71,14 @@ def run_targeted(attack: Callable[..., common.AttackResult], logits_fn, x, y, ke
             newly = result.broken & ~broken
             x_adv, broken = jnp.where(common.per_example(newly, x), result.x_adv, x_adv), broken | newly
         return common.AttackResult(x_adv, broken)
-    return _on_survivors(one_run, order.shape[1], x)
+    return _on_survivors(one_run, order.shape[1], x, np.asarray(common.misclassified(clean_logits, y)))
 
 
-def _on_survivors(one_run, runs: int, x) -> common.AttackResult:
-    """The runs ``one_run(j, rows)`` in turn, each on the rows not yet broken (padded with copies of the
-    first of them, whose results are dropped)."""
+def _on_survivors(one_run, runs: int, x, clean_broken: np.ndarray) -> common.AttackResult:
+    """The runs ``one_run(j, rows)`` in turn, each on the rows not yet broken, clean errors never attacked
+    (the gathered rows padded with copies of the first of them, whose results are dropped)."""
     n = jnp.shape(x)[0]
-    x_adv, broken = np.array(x), np.zeros(n, bool)
+    x_adv, broken = np.array(x), clean_broken.copy()
     for j in range(runs):
         active = np.flatnonzero(~broken)
         if not active.size:
@@ -85,14 +93,16 @@ def _on_survivors(one_run, runs: int, x) -> common.AttackResult:
     return common.AttackResult(jnp.asarray(x_adv), jnp.asarray(broken))
 
 
-def targeted(attack: Callable[..., common.AttackResult], name: str) -> Callable[..., common.AttackResult]:
-    """``attack`` (which takes ``target=``) as an attack over the top ``targets`` classes, with ``attack``'s
-    own settings (its signature, ``target`` replaced by ``targets``), so that the registry and the report see
-    every setting."""
+def targeted(attack: Callable[..., common.AttackResult], name: str, *,
+             all_at_once: bool) -> Callable[..., common.AttackResult]:
+    """``attack`` (which takes ``target=``) as an attack over the top ``targets`` classes (`run_targeted`),
+    with ``attack``'s own settings (its signature, ``target`` replaced by ``targets``), so that the registry
+    and the report see every setting."""
 
     def targeted_attack(logits_fn: Callable | Oracle, x: jax.Array, y: jax.Array, key: jax.Array, *, eps,
                         domain=(0.0, 1.0), targets: int = DEFAULT_TARGETS, **settings) -> common.AttackResult:
-        return run_targeted(attack, logits_fn, x, y, key, eps=eps, domain=domain, targets=targets, **settings)
+        return run_targeted(attack, logits_fn, x, y, key, eps=eps, domain=domain, targets=targets,
+                            all_at_once=all_at_once, **settings)
 
     parameters = [p for p in inspect.signature(attack).parameters.values() if p.name != "target"]
     position = next(i for i, p in enumerate(parameters) if p.name == "domain") + 1
@@ -105,6 +115,6 @@ def targeted(attack: Callable[..., common.AttackResult], name: str) -> Callable[
     return targeted_attack
 
 
-apgd_targeted = targeted(apgd, "apgd_targeted")
-pgd_targeted = targeted(pgd, "pgd_targeted")
-fab_targeted = targeted(fab, "fab_targeted")
+apgd_targeted = targeted(apgd, "apgd_targeted", all_at_once=True)
+pgd_targeted = targeted(pgd, "pgd_targeted", all_at_once=False)
+fab_targeted = targeted(fab, "fab_targeted", all_at_once=True)

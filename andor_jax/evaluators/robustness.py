@@ -19,6 +19,18 @@ way the verdict on each point (the clean input and every attack's point) is the 
 ``verdict_draws`` independent forward passes: an example counts as correct only if every draw classifies it
 correctly, so a defence that is right on some draws and wrong on others is broken (Athalye, Carlini & Wagner
 2018: one fresh draw would credit it with its luck).
+
+Sequential suites (``sequential=True``, `andor_jax.attacks.suites`).  The attacks run in their order, and
+each attacks only the examples that the clean check and every earlier attack left standing (AutoAttack's
+order: Croce & Hein 2020), so that a later, costlier attack spends its budget on the hard examples alone.
+Then ``correct[label]`` is cumulative: still standing after that attack and every earlier one.  Otherwise
+every attack attacks every example and ``correct[label]`` is that attack's own verdict.
+
+The convergence check (`Convergence`; Carlini et al. 2019: "more steps and restarts change nothing").  After
+the attacks, the examples still standing at each eps are attacked once more by the strongest attack (by
+default the one with restarts of the largest budget, steps x restarts x targets), with twice its steps and
+restarts and a fresh key; ``check`` holds who is still standing after that, and the report's robust
+accuracy is counted after it.
 """
 from __future__ import annotations
 
@@ -43,6 +55,8 @@ RANDOMNESS_MODES = ("fresh", "fixed")
 # streams of the evaluation key that no attack uses: the clean verdict of a chunk, the verdict draws of an
 # attack's point, and the key a 'fixed' model is held at
 CLEAN_STREAM, VERDICT_STREAM, FIXED_STREAM = 2**31 - 1, 2**31 - 2, 2**31 - 3
+CHECK_STREAM = 2**31 - 4  # the convergence check's attack of a chunk
+BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter")  # scaled by the convergence check
 
 
 def eps_key(eps: float) -> str:
@@ -78,6 +92,51 @@ class Randomness(NamedTuple):
 DETERMINISTIC = {"randomised": False, "mode": None, "eot_draws": None, "verdict_draws": 1}
 
 
+class Convergence(NamedTuple):
+    """The convergence check (see the module docstring).
+
+    Attributes:
+      threshold: the fraction of all examples that the check may break at an eps before the evaluation is
+        flagged "not converged" (0.5%).
+      attack: the label of the attack to repeat (``'apgd-t'``, ``'apgd-ce[psd]'``); ``''``: the attack of the
+        run chosen by `check_run` (the largest budget among those with restarts).
+      factor: the factor on that attack's steps and restarts (iterations, queries: `BUDGET_SETTINGS`).
+    """
+
+    threshold: float = 0.005
+    attack: str = ""
+    factor: int = 2
+
+    def check(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"convergence threshold must be a fraction in [0, 1], got {self.threshold!r}")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
+            raise ValueError(f"convergence factor must be an integer >= 2, got {self.factor!r}")
+
+
+def budget(settings: Mapping) -> int | None:
+    """An attack's budget per example: the product of its `BUDGET_SETTINGS` and its targets; None for an
+    attack without any (single-step attacks), which the convergence check cannot scale."""
+    present = [int(settings[name]) for name in BUDGET_SETTINGS if name in settings]
+    return int(np.prod(present)) * int(settings.get("targets", 1)) if present else None
+
+
+def scaled(settings: Mapping, factor: int) -> dict:
+    """``settings`` with every `BUDGET_SETTINGS` entry multiplied by ``factor``."""
+    return {name: value * factor for name, value in settings.items() if name in BUDGET_SETTINGS}
+
+
+def check_run(runs, settings: Mapping[str, Mapping], convergence: Convergence) -> tuple[str, str, str | None] | None:
+    """``(label, name, tag)`` the convergence check repeats: ``convergence.attack``, or the run of the largest
+    `budget` among those with restarts (APGD, PGD, FAB and their targeted forms), else among all (None when
+    no run has a budget); the first of equals."""
+    if convergence.attack:
+        return (convergence.attack, *split_label(convergence.attack))
+    ranked = [(("restarts" in settings[name], budget(settings[name])), -index)
+              for index, (_, name, _) in enumerate(runs) if budget(settings[name]) is not None]
+    return runs[-max(ranked)[1]] if ranked else None
+
+
 class Outcomes(NamedTuple):
     """Every example's outcome.
 
@@ -88,12 +147,15 @@ class Outcomes(NamedTuple):
         randomness, the attack model, batch size, key, seconds per attack.
       clean_per_draw: (n,) fraction of the verdict draws that classify the clean input correctly (randomised
         models), else None.
+      check: ``{eps key: (n,) bool}``, still standing after every attack and the convergence check, or None
+        when no check ran.
     """
 
     clean: np.ndarray
     correct: dict[str, dict[str, np.ndarray]]
     settings: dict
     clean_per_draw: np.ndarray | None = None
+    check: dict[str, np.ndarray] | None = None
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -104,15 +166,20 @@ def split_label(label: str) -> tuple[str, str | None]:
     return label, None
 
 
-def runs_of(attacks: Sequence[str], doubled_tags: Sequence[str]) -> list[tuple[str, str, str | None]]:
+def runs_of(attacks: Sequence[str], doubled_tags: Sequence[str],
+            interleaved: bool = False) -> list[tuple[str, str, str | None]]:
     """``(label, attack name, gradient tag)`` for every entry of ``attacks`` (``'pgd[psd]'`` runs PGD on the
     ``'psd'`` gradient only), plus ``name[tag]`` for every plain gradient attack and every tag of
-    ``doubled_tags`` (unless listed already)."""
+    ``doubled_tags`` (unless listed already): after all of ``attacks``, or, ``interleaved`` (a sequential
+    suite), right after the attack they double."""
+    def doubles(name):
+        return [(f"{name}[{tag}]", name, tag) for tag in doubled_tags
+                if "[" not in name and registry.get_spec(name).uses_gradients and f"{name}[{tag}]" not in attacks]
+
+    if interleaved:
+        return [run for label in attacks for run in [(label, *split_label(label)), *doubles(label)]]
     runs = [(label, *split_label(label)) for label in attacks]
-    for tag in doubled_tags:
-        runs += [(f"{name}[{tag}]", name, tag) for name in attacks
-                 if "[" not in name and registry.get_spec(name).uses_gradients and f"{name}[{tag}]" not in attacks]
-    return runs
+    return runs + [run for tag in doubled_tags for label in attacks for run in doubles(label) if run[2] == tag]
 
 
 def _settings_record(name: str, settings: Mapping, tag: str | None) -> dict:
@@ -210,12 +277,13 @@ class ChunkProgress:
 
 
 def _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key, randomness,
-                 attack_model) -> str:
+                 attack_model, order) -> str:
     """What decides the outcome of every chunk: the model, the inputs and labels, and every setting."""
     described = {"model": model_digest, "data": digest((x, y)), "runs": runs, "eps": keys, "settings": settings,
                  "overrides": overrides, "domain": list(domain), "chunk": chunk,
                  "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
-                 "randomness": None if randomness is None else list(randomness), "attack_model": attack_model}
+                 "randomness": None if randomness is None else list(randomness), "attack_model": attack_model,
+                 "order": order}
     return digest(np.frombuffer(json.dumps(described, sort_keys=True, default=str).encode(), np.uint8))
 
 
@@ -241,7 +309,8 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
         overrides: Mapping[str, Mapping] | None = None, progress: bool = True,
         progress_path: str | os.PathLike | None = None, model_digest: str | None = None,
         randomness: Randomness | None = None, attack_logits_fn: LogitsFn | None = None,
-        attack_model: str = "") -> Outcomes:
+        attack_model: str = "", share=None, sequential: bool = False,
+        convergence: Convergence | None = None) -> Outcomes:
     """Attacks ``(x, y)`` with every attack at every eps and returns every example's outcome.
 
     Args:
@@ -268,6 +337,12 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
       attack_logits_fn: what the attacks query, same signature as ``logits_fn`` (transfer setting: a
         sub-network); None: ``logits_fn``.
       attack_model: the name of that sub-network, for the record.
+      share: this process's `andor_jax.distributed.Share` of a multi-process run (None: one process): it
+        attacks its own chunks (with their one-process keys, progress in its own file) and every process's
+        outcomes are gathered before returning.
+      sequential: run the attacks as a suite: in order, each on the examples still standing, the doubles
+        of ``doubled_tags`` right after their attack (see the module docstring).
+      convergence: run the convergence check so (`Convergence`); None: no check.
 
     Returns:
       The `Outcomes`.
@@ -277,44 +352,68 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
     x, y = np.asarray(x), np.asarray(y)
     domain, settings = _validate(logits_fn, x, y, key, list(attacks), list(eps_grid), domain, batch_size,
                                  gradient_logits_fns, overrides, randomness)
-    runs = runs_of(attacks, list(gradient_logits_fns) if doubled_tags is None else list(doubled_tags))
+    runs = runs_of(attacks, list(gradient_logits_fns) if doubled_tags is None else list(doubled_tags),
+                   interleaved=sequential)
+    checked = _check_request(convergence, runs, settings, gradient_logits_fns, overrides)
     keys = [eps_key(eps) for eps in eps_grid]
     n = len(y)
     chunk = min(batch_size, n)
     clean_correct, clean_per_draw = np.zeros(n, bool), np.zeros(n, np.float32)
     correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
-    attack_seconds = np.zeros(len(runs))
+    check = None if checked is None else {k: np.zeros(n, bool) for k in keys}
+    attack_seconds = np.zeros(len(runs) + 1)  # the last: the convergence check
     if progress_path is not None and not model_digest:
         raise ValueError("progress_path needs model_digest (e.g. examples.digest(variables)), so that the saved "
                          "progress of another model is never resumed")
     fingerprint = _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key, randomness,
-                               attack_model)
-    saved = ChunkProgress(progress_path, fingerprint,
+                               attack_model, [sequential, None if checked is None else list(checked)])
+    saved = ChunkProgress(progress_path if share is None else share.progress_path(progress_path), fingerprint,
                           {"clean": clean_correct, "clean_per_draw": clean_per_draw, "seconds": attack_seconds,
-                           **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys}})
+                           **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys},
+                           **{f"check@{k}": table for k, table in (check or {}).items()}})
     judge = _judges(logits_fn, randomness)
-    attack = _attacker(logits_fn, attack_logits_fn, gradient_logits_fns, randomness, key, judge)
+    attack, decoy = _attacker(logits_fn, attack_logits_fn, gradient_logits_fns, randomness, key, judge)
 
     batches = _batches(n, chunk)
     bar = tqdm(total=len(batches), initial=saved.chunks_done, desc="robustness", unit="batch", disable=not progress)
     for batch_index, (start, stop) in enumerate(batches[saved.chunks_done:], start=saved.chunks_done):
+        if share is not None and not share.owns(batch_index):
+            continue
         xb, yb = jnp.asarray(_padded(x[start:stop], chunk)), jnp.asarray(_padded(y[start:stop], chunk))
         size = stop - start
         batch_key = jax.random.fold_in(key, batch_index)
         clean, fraction = judge(xb, yb, jax.random.fold_in(batch_key, CLEAN_STREAM))
         clean_correct[start:stop], clean_per_draw[start:stop] = np.asarray(clean)[:size], np.asarray(fraction)[:size]
+        clean_rows = np.asarray(clean) & (np.arange(chunk) < size)
+        decoys = decoy(xb, jax.random.fold_in(batch_key, CLEAN_STREAM))
+        standing = {k: clean_rows.copy() for k in keys}  # after the attacks so far
         for run_index, (label, name, tag) in enumerate(runs):
             bar.set_postfix_str(label)
             run_key = jax.random.fold_in(batch_key, run_index)
             for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
                 started = time.perf_counter()
-                still_correct = attack(name, tag, xb, yb, jax.random.fold_in(run_key, eps_index), eps, domain,
-                                       overrides.get(name, {}))
-                correct[label][k][start:stop] = np.asarray(still_correct)[:size]
+                rows = standing[k] if sequential else np.ones(chunk, bool)
+                still_correct = _attack_rows(attack, name, tag, xb, yb, rows, decoys,
+                                             jax.random.fold_in(run_key, eps_index), eps, domain,
+                                             overrides.get(name, {}))
+                standing[k] &= still_correct
+                correct[label][k][start:stop] = (standing[k] if sequential else still_correct)[:size]
                 attack_seconds[run_index] += time.perf_counter() - started
+        if checked is not None:
+            label, name, tag, check_settings = checked
+            bar.set_postfix_str(f"convergence check: {label}")
+            for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
+                started = time.perf_counter()
+                check_key = jax.random.fold_in(jax.random.fold_in(batch_key, CHECK_STREAM), eps_index)
+                standing[k] &= _attack_rows(attack, name, tag, xb, yb, standing[k], decoys, check_key, eps, domain,
+                                            check_settings)
+                check[k][start:stop] = standing[k][:size]
+                attack_seconds[-1] += time.perf_counter() - started
         saved.save(batch_index + 1)
         bar.update()
     bar.close()
+    if share is not None:
+        share.finish(saved, progress_path, chunks=len(batches), chunk=chunk)
     norms = {settings[name].get("norm", registry.get_spec(name).norm) for _, name, _ in runs}
     record = {
         "threat_model": {
@@ -335,13 +434,57 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
         # wall time of each attack over all chunks and eps, compilation included, summed over resumed runs
         "attack_seconds": {label: round(float(value), 1) for (label, _, _), value in zip(runs, attack_seconds)},
         "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+        "sequential": bool(sequential),
+        "convergence": None if checked is None else {
+            "attack": checked[0], "threshold": convergence.threshold, "factor": convergence.factor,
+            "settings": _settings_record(checked[1], registry.settings_of(checked[1], **checked[3]), checked[2]),
+            "seconds": round(float(attack_seconds[-1]), 1)},
     }
-    return Outcomes(clean_correct, correct, record, None if randomness is None else clean_per_draw)
+    return Outcomes(clean_correct, correct, record, None if randomness is None else clean_per_draw, check)
+
+
+def _check_request(convergence: Convergence | None, runs, settings, gradient_logits_fns, overrides):
+    """``(label, name, tag, settings overrides)`` of the convergence check, or None (no check asked, or no
+    attack with a budget to scale); ValueError for a bad request."""
+    if convergence is None:
+        return None
+    convergence.check()
+    if convergence.attack:
+        name, tag = split_label(convergence.attack)
+        registry.get_spec(name)
+        if tag is not None and tag not in gradient_logits_fns:
+            raise ValueError(f"the convergence check's attack {convergence.attack!r} differentiates {tag!r}, which is "
+                             f"not a gradient mode of the attacked model ({sorted(gradient_logits_fns) or 'none'})")
+        settings = {**settings, name: registry.settings_of(name, **overrides.get(name, {}))}
+    chosen = check_run(runs, settings, convergence)
+    if chosen is None:
+        return None
+    label, name, tag = chosen
+    if budget(settings[name]) is None:
+        raise ValueError(f"the convergence check's attack {label!r} has no steps, restarts or queries to scale")
+    return label, name, tag, {**overrides.get(name, {}), **scaled(settings[name], convergence.factor)}
+
+
+def _attack_rows(attack, name, tag, xb, yb, rows: np.ndarray, decoys, key, eps, domain, settings) -> np.ndarray:
+    """(chunk,) bool: per row of the chunk, still correct at the attack's point, the attack aimed at the
+    ``rows`` alone; rows not attacked count as correct (nothing broke them).
+
+    The chunk keeps its shape, so that each attack compiles for the batch sizes of its own compaction only:
+    the rows not attacked carry their ``decoys`` label (the attacked model's least likely class), so that the
+    attack counts them broken at its clean check and drops them before its first iteration; their results
+    are not read."""
+    still = np.ones(len(rows), bool)
+    if not rows.any():
+        return still
+    labels = yb if rows.all() else jnp.where(jnp.asarray(rows), yb, decoys)
+    still[rows] = np.asarray(attack(name, tag, xb, labels, key, eps, domain, settings))[rows]
+    return still
 
 
 def _attacker(logits_fn, attack_logits_fn, gradient_logits_fns, randomness: Randomness | None, key, judge):
     """``attack(name, tag, x, y, key, eps, domain, overrides) -> (batch,) still correct``: runs one attack
-    on one chunk and judges its points (see the module docstring).
+    on one chunk and judges its points (see the module docstring); and ``decoy(x, key) -> (batch,)``, the
+    least likely class of each input under the attacked function (`_attack_rows`).
 
     A deterministic model attacked directly keeps the attack's own verdict (a point it evaluated was
     misclassified: the same forward pass); otherwise the returned points are judged by ``judge``.  The
@@ -365,7 +508,11 @@ def _attacker(logits_fn, attack_logits_fn, gradient_logits_fns, randomness: Rand
             return ~np.asarray(result.broken)
         return np.asarray(judge(result.x_adv, yb, jax.random.fold_in(attack_key, VERDICT_STREAM))[0])
 
-    return attack
+    if eot_draws is None:
+        decoy = jax.jit(lambda x, key: jnp.argmin(attacked(x), axis=-1))
+    else:
+        decoy = jax.jit(lambda x, key: jnp.argmin(attacked(x, key), axis=-1))
+    return attack, decoy
 
 
 def _held_at(fn: LogitsFn, key: jax.Array) -> LogitsFn:

@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--attacks", default=None,
                              help="comma-separated attack names; NAME[psd] runs one on pseudo-gradients only; "
                                   "default: evaluate.attacks of the work directory's config")
+            sub.add_argument("--suite", default=None, metavar="NAME",
+                             help="a named suite instead of --attacks (andor_jax.attacks.suites): standard "
+                                  "(AutoAttack's: APGD-CE, APGD-T, FAB-T, Square 5000), plus, rand (randomised "
+                                  "models: EOT 20), paper (the config's evaluate.attacks); each attack runs on the "
+                                  "examples still standing; default: evaluate.suite of the work directory's config")
+            sub.add_argument("--no-convergence-check", action="store_true",
+                             help="skip the convergence check (the examples still standing attacked again with "
+                                  "twice the steps and restarts of the strongest attack)")
             sub.add_argument("--set", action="append", default=[], metavar="ATTACK.SETTING=VALUE",
                              help="change an attack's setting, e.g. --set pgd.restarts=1 (repeatable)")
             sub.add_argument("--certify", action="store_true", help="also compute certified accuracy")
@@ -342,6 +350,10 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         kwargs.update(certify=args.certify or kwargs.get("certify", False),
                       pseudo_gradient_attacks=args.psd or kwargs.get("pseudo_gradient_attacks", False),
                       progress=not args.no_progress)
+        if args.suite is not None:
+            kwargs["suite"] = args.suite
+        if args.no_convergence_check:
+            kwargs["convergence_check"] = False
     paths = function(args.workdir, **kwargs)
     print(f"report: {paths['md']}")
     return 0

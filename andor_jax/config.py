@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.evaluate.verdict_draws = 10     # randomised models: worst case over this many forward passes
     config.evaluate.randomness = "fresh"   # fresh | fixed: attacks see the model's key held fixed
     config.evaluate.attack_model = ""      # "": the whole model; a sub-network name: transfer setting
+    config.evaluate.suite = ""             # "": evaluate.attacks; standard | plus | rand | paper (attacks.suites)
+    config.evaluate.convergence_check = True       # attack the examples still standing with twice the budget
+    config.evaluate.convergence_threshold = 0.005  # ... and flag "not converged" above this fraction broken
+    config.evaluate.convergence_attack = ""        # the attack the check repeats; "": the largest budget
     return config
 
 

@@ -22,6 +22,7 @@ from andor_jax import experiment as experiment_lib
 from andor_jax import models
 from andor_jax import report as report_lib
 from andor_jax import spectrum as spectrum_lib
+from andor_jax.attacks import suites
 from andor_jax.evaluators import certify as certify_lib
 from andor_jax.evaluators import examples as examples_lib
 from andor_jax.evaluators import robustness
@@ -156,27 +157,54 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
              limit: int | None = None, certify: bool = False, pseudo_gradient_attacks: bool = False,
              progress: bool = True, output_dir=None, attack_settings: dict[str, dict] | None = None,
              eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
-             attack_model: str | None = None, batch_size: int | None = None) -> dict[str, pathlib.Path]:
+             attack_model: str | None = None, batch_size: int | None = None, suite: str | None = None,
+             convergence_check: bool | None = None,
+             convergence_threshold: float | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Every argument named like a key of the run's ``evaluate`` config block
     defaults to it (the command line's ``--config.evaluate.KEY=VALUE`` sets it).  ``eot_draws`` and
     ``verdict_draws`` given for a deterministic model are an error (they would mean nothing).
 
+    ``suite`` (`andor_jax.attacks.suites`: ``standard``, ``plus``, ``rand``, ``paper``) replaces the attack
+    list: its attacks run in order, each on the examples still standing, and every gradient attack also on
+    pseudo-gradients where the model has them; the config's ``attack_settings`` apply to its own attack list
+    (and the ``paper`` suite), ``attack_settings`` given here to either.  The convergence check (`robustness.Convergence`, on unless
+    ``convergence_check`` is False) attacks the examples still standing again with twice the budget of the
+    strongest attack and flags the report "not converged" when it breaks more than ``convergence_threshold``
+    of the examples.
+
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
-    The file then becomes `OUTCOMES_FILE`: per example, ``clean`` (classified correctly) and ``LABEL@EPS``
-    (still correct under that attack).
+    The file then becomes `OUTCOMES_FILE`: per example, ``clean`` (classified correctly), ``LABEL@EPS``
+    (still correct under that attack; in a suite, still standing after it and every earlier one) and
+    ``check@EPS`` (still standing after the convergence check, when it ran).
     """
     workdir = pathlib.Path(workdir)
     config = experiment_lib.read_config(workdir)
     settings = config.evaluate
-    attack_names = _names(settings.attacks if attacks is None else attacks)
+    if suite is not None and attacks is not None:
+        raise ValueError(f"give an attack list or a suite, not both (attacks {attacks!r}, suite {suite!r})")
+    suite = ("" if attacks is not None else settings.get("suite", "")) if suite is None else suite
+    declared = models.build_model(config.model)  # its declarations decide what may be asked, before any loading
+    attack_model = settings.attack_model if attack_model is None else attack_model
+    suite_settings = {}
+    if suite:
+        attack_names, suite_settings = suites.resolve(
+            suite, randomised=models.randomised(_attacked(declared, attack_model)),
+            paper_attacks=_names(settings.attacks), paper_settings=_merged_settings(settings.get("attack_settings"), None))
+    else:
+        attack_names = _names(settings.attacks if attacks is None else attacks)
     eps_grid = list(eps if eps is not None else settings.eps)
-    double_with_psd = pseudo_gradient_attacks or settings.pseudo_gradient_attacks
+    double_with_psd = (pseudo_gradient_attacks or settings.pseudo_gradient_attacks
+                       or (bool(suite) and "psd" in models.gradient_modes(_attacked(declared, attack_model))))
+    check = settings.get("convergence_check", True) if convergence_check is None else convergence_check
+    convergence = robustness.Convergence(
+        settings.get("convergence_threshold", 0.005) if convergence_threshold is None else convergence_threshold,
+        settings.get("convergence_attack", "")) if check else None
+    if convergence is not None:
+        convergence.check()
     tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in attack_names) if tag}
                   | ({"psd"} if double_with_psd else set()))
-    attack_model = settings.attack_model if attack_model is None else attack_model
-    declared = models.build_model(config.model)  # its declarations decide what may be asked, before any loading
     check_request(declared, tags=tags, attack_model=attack_model)
     if not models.randomised(declared) and (eot_draws or verdict_draws):
         raise ValueError(f"--eot and --verdict-draws apply to randomised models; {type(declared).__name__} is "
@@ -200,11 +228,13 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
         key=jax.random.PRNGKey(experiment.config.seed),
         batch_size=settings.batch_size if batch_size is None else batch_size,
         gradient_logits_fns=target.gradient_logits_fns, doubled_tags=["psd"] if double_with_psd else [],
-        overrides=_merged_settings(settings.get("attack_settings"), attack_settings), progress=progress,
+        overrides=_merged_settings(suite_settings if suite else settings.get("attack_settings"), attack_settings),
+        progress=progress,
         progress_path=output_dir / PROGRESS_FILE, model_digest=examples_lib.digest(variables),
         randomness=target.randomness,
         attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
-        attack_model=attack_model)
+        attack_model=attack_model, sequential=bool(suite), convergence=convergence)
+    header = header_of(experiment, variables, workdir)  # on every process: orbax reads the step collectively
     results = {"robustness": report_lib.robustness_summary(outcomes)}
     if certify:
         results["certified"] = certify_lib.run(model, variables, x, y, eps_grid, domain=domain)
@@ -215,7 +245,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     if experiment.config.train.get("objective") == "andor":
         andness_x, andness_y, andness_examples = examples_lib.first_examples(x, y, ANDNESS_EXAMPLES)
         entries.append((andness_examples, {"andness": _andness(experiment, variables, andness_x, output_dir)}))
-    paths = _enter(output_dir, header_of(experiment, variables, workdir), entries, "evaluate")
+    paths = _enter(output_dir, header, entries, "evaluate")
     (output_dir / PROGRESS_FILE).replace(output_dir / OUTCOMES_FILE)
     return paths
 
@@ -237,8 +267,10 @@ def _andness(experiment, variables, inputs, output_dir: pathlib.Path) -> dict:
 
 
 def _merged_settings(configured, given: dict[str, dict] | None) -> dict[str, dict]:
-    """Attack settings of the run's config, overridden per setting by those given on the command line."""
-    merged = {name: dict(values) for name, values in (configured.to_dict() if configured else {}).items()}
+    """Attack settings of the run's config (or suite), overridden per setting by those given on the command
+    line."""
+    configured = configured.to_dict() if hasattr(configured, "to_dict") else dict(configured or {})
+    merged = {name: dict(values) for name, values in configured.items()}
     for name, values in (given or {}).items():
         merged.setdefault(name, {}).update(values)
     return merged

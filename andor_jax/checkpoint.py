@@ -61,8 +61,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                save_interval_steps=every_steps or 1)
         self._every_steps = every_steps
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                              item_names=("state", "fingerprint"))
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(directory), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "fingerprint": ocp.JsonCheckpointHandler()})
 
     @property
     def latest_step(self) -> int | None:
@@ -118,11 +119,16 @@ class Checkpointer:
 
     def latest_raw_variables(self) -> dict:
         """The model's variables (``params`` and the ``model_state`` collections) of the latest checkpoint as
-        saved, without any check: the caller compares them with what it expects."""
+        saved, without any check: the caller compares them with what it expects.  They are placed whole on
+        this process's first device, whatever devices and processes wrote them (a checkpoint of a
+        multi-process run is read by one process, and each process of an evaluation reads its own copy)."""
         step = self.latest_step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self._manager.directory}: train first")
-        raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                                self._manager.item_metadata(step)["state"])
+        raw = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
         return {"params": raw["params"], **(raw.get("model_state") or {})}
 
     def close(self) -> None:

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", default=None, metavar="PATH", help=f"directory with the IDX files ({where})")
         sub.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def multiprocess(sub):
+        sub.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                         help="run as one of several processes (andor_jax.distributed): process 0's address, or "
+                              "'auto' to read the run from the cluster (SLURM, Open MPI, TPU pod); default "
+                              "$JAX_COORDINATOR_ADDRESS, else one process")
+        sub.add_argument("--num-processes", default=None, metavar="N", help="processes in the run ($JAX_NUM_PROCESSES)")
+        sub.add_argument("--process-id", default=None, metavar="I", help="this process, 0..N-1 ($JAX_PROCESS_ID)")
+
     sub = commands.add_parser("train", help="train a config in a work directory (resumes if interrupted)")
     sub.add_argument("--config", required=True,
                      help=f"bundled config name ({', '.join(config_lib.bundled_configs())}) or a .py file; "
@@ -61,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="work directory (created if missing): config.json, data.json (the data trained on), "
                           "checkpoints/, metrics.jsonl; run the same command again to resume")
     common(sub, trained=False)
+    multiprocess(sub)
 
     for name, text in (("evaluate", "clean accuracy and the attack suite; writes report.json/.md/.png"),
                        ("certify", "certified accuracy by interval bound propagation")):
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--verdict-draws", type=int, default=None, metavar="N",
                              help="randomised models: forward passes judging each point, the worst case counts; "
                                   "default: evaluate.verdict_draws of the work directory's config")
+            multiprocess(sub)
 
     sub = commands.add_parser("spectrum", help="covariance spectra of a layer's outputs and their power-law "
                                                "exponent alpha; writes spectrum.json/.png (andor_jax.spectrum)")
@@ -320,7 +330,19 @@ def removed_if_nothing_trained(workdir: pathlib.Path):
             shutil.rmtree(workdir, ignore_errors=True)
         raise
 
+def join_processes(args: argparse.Namespace) -> bool:
+    """Joins a multi-process run (`andor_jax.distributed`) when the flags or the environment ask for one;
+    returns whether this process writes the run's files and messages (process 0, or the only one)."""
+    if args.command not in ("train", "evaluate"):
+        return True
+    from andor_jax import distributed
+
+    distributed.initialize(distributed.settings_from(args.coordinator, args.num_processes, args.process_id))
+    return distributed.is_main()
+
+
 def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    main_process = join_processes(args)
     if args.command in ("train", "run"):
         config, data_dir = prepare_training(args, overrides, args.config if args.command == "train" else "quickstart")
         workdir = pathlib.Path(args.workdir)
@@ -329,7 +351,8 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
 
             experiment.fit(config, workdir, data_dir=data_dir, progress=not args.no_progress)
         if args.command == "train":
-            print(f"trained; checkpoints in {workdir / 'checkpoints'}")
+            if main_process:
+                print(f"trained; checkpoints in {workdir / 'checkpoints'}")
             return 0
         from andor_jax import evaluation
 
@@ -355,7 +378,8 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         if args.no_convergence_check:
             kwargs["convergence_check"] = False
     paths = function(args.workdir, **kwargs)
-    print(f"report: {paths['md']}")
+    if main_process:
+        print(f"report: {paths['md']}")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 
 import andor_jax
+from andor_jax import distributed
 from andor_jax import experiment as experiment_lib
 from andor_jax import models
 from andor_jax import report as report_lib
@@ -229,12 +230,14 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
         batch_size=settings.batch_size if batch_size is None else batch_size,
         gradient_logits_fns=target.gradient_logits_fns, doubled_tags=["psd"] if double_with_psd else [],
         overrides=_merged_settings(suite_settings if suite else settings.get("attack_settings"), attack_settings),
-        progress=progress,
+        progress=progress and distributed.is_main(),
         progress_path=output_dir / PROGRESS_FILE, model_digest=examples_lib.digest(variables),
         randomness=target.randomness,
         attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
-        attack_model=attack_model, sequential=bool(suite), convergence=convergence)
+        attack_model=attack_model, share=distributed.share(), sequential=bool(suite), convergence=convergence)
     header = header_of(experiment, variables, workdir)  # on every process: orbax reads the step collectively
+    if not distributed.is_main():  # of several processes, process 0 alone has the report written
+        return {}
     results = {"robustness": report_lib.robustness_summary(outcomes)}
     if certify:
         results["certified"] = certify_lib.run(model, variables, x, y, eps_grid, domain=domain)

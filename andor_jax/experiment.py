@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from andor_jax import checkpoint, data, models, objectives, train, validation
+from andor_jax import checkpoint, data, distributed, models, objectives, train, validation
 
 PyTree = Any
 
@@ -155,8 +155,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     state = parallel.replicate(state)
     fingerprint = checkpoint.fingerprint(config.model, state)
     state = ckpt.restore_latest(state, fingerprint)
-    record_data(workdir, experiment.dataset, resuming=int(state.step) > 0)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    main = distributed.is_main()  # of several processes, only process 0 writes the run's files and progress
+    progress = progress and main
+    if main:
+        record_data(workdir, experiment.dataset, resuming=int(state.step) > 0)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     steps_per_epoch, total_steps = experiment.steps_per_epoch, experiment.total_steps
     step_fn = experiment.train_step(parallel)
@@ -164,7 +167,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     ds = experiment.dataset
     bars = progress and interactive(sys.stderr)
     step = int(state.step)
-    if step:
+    if step and main:
         print(f"resuming from checkpoint at step {step} (epoch {step // steps_per_epoch + 1})", file=sys.stderr)
     with StopRequest() as stop:
         try:
@@ -173,7 +176,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                 started = time.time()
                 if first_batch == 0 and experiment.objective.on_epoch is not None:
                     state = parallel.replicate(state._replace(objective_state=experiment.objective.on_epoch(
-                        state.params, state.model_state, state.objective_state, ds, epoch)))
+                        *distributed.local((state.params, state.model_state, state.objective_state)), ds, epoch)))
                 last_step = min(total_steps if stop_at_step is None else stop_at_step, (epoch + 1) * steps_per_epoch)
                 batches = data.batches(ds.x_train, ds.y_train, tc.batch_size, seed=config.seed, epoch=epoch,
                                        start_batch=first_batch)
@@ -186,18 +189,20 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                 if step % steps_per_epoch == 0:
                     ckpt.save(state, fingerprint, force=True)
                     record = {"epoch": epoch + 1, "step": step,
-                              "test_accuracy": accuracy(evaluate_fn, variables_of(state), ds.x_test, ds.y_test),
+                              "test_accuracy": accuracy(evaluate_fn, distributed.local(variables_of(state)), ds.x_test, ds.y_test),
                               "seconds": round(time.time() - started, 2), **train_metrics}
-                    with open(workdir / "metrics.jsonl", "a") as log:
-                        log.write(json.dumps(record) + "\n")
+                    if main:
+                        with open(workdir / "metrics.jsonl", "a") as log:
+                            log.write(json.dumps(record) + "\n")
                     if progress:
                         print(epoch_line(record, tc.epochs), file=sys.stderr)
         finally:
             ckpt.save(state, fingerprint, force=True)
             ckpt.close()
     if stop.requested:
-        print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
-              f"run the same command again to resume", file=sys.stderr)
+        if main:
+            print(f"\ninterrupted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
+                  f"run the same command again to resume", file=sys.stderr)
         raise KeyboardInterrupt
     return state
 

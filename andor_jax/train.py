@@ -11,8 +11,8 @@ replaceable pieces:
 * a schedule for the pseudo-gradient mix ``rho`` of layers that have one (MWD units), ``train.psd_mix``:
   it is independent of the objective, which receives its traced value every step.
 
-Data parallelism: the state is replicated and the batch split over a ``'data'`` mesh axis of the local
-devices (`jax.sharding`); XLA inserts the gradient all-reduce.
+Data parallelism: the state is replicated and the batch split over a ``'data'`` mesh axis of the devices
+of every process (`jax.sharding`, `andor_jax.distributed`); XLA inserts the gradient all-reduce.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from andor_jax import objectives
+from andor_jax import distributed, objectives
 
 PyTree = Any
 
@@ -196,20 +196,29 @@ def restart(state: TrainState, params: PyTree, model_state: PyTree, optimizer: o
 # ---------------------------------------------------------------------------------------- sharding
 
 class DataParallel(NamedTuple):
-    """A one-axis mesh over local devices; the state is replicated, batches are split along ``'data'``."""
+    """A one-axis mesh over the devices of every process (`andor_jax.distributed`; one process: its own);
+    the state is replicated, batches are split along ``'data'``."""
 
     mesh: Mesh
 
     @classmethod
     def create(cls, num_devices: int | None, batch_size: int) -> "DataParallel":
-        devices = jax.local_devices()
-        count = len(devices) if num_devices is None else num_devices
-        if not 1 <= count <= len(devices):
-            raise ValueError(f"num_devices={count} but {len(devices)} local device(s) are available")
-        if batch_size % count:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {count} devices used for data "
-                             f"parallelism; change train.batch_size or train.num_devices")
-        return cls(Mesh(np.asarray(devices[:count]), ("data",)))
+        """The first ``num_devices`` local devices of every process (None: all of them); ``batch_size`` is the
+        global batch, split over all of those devices."""
+        local = jax.local_devices()
+        count = len(local) if num_devices is None else num_devices
+        if not 1 <= count <= len(local):
+            raise ValueError(f"num_devices={count} but {len(local)} local device(s) are available")
+        processes = jax.process_count()
+        if batch_size % (count * processes):
+            where = f" x {processes} processes" if processes > 1 else ""
+            raise ValueError(f"batch size {batch_size} is not divisible by the {count * processes} devices "
+                             f"({count} per process{where}) used for data parallelism; change train.batch_size "
+                             f"or train.num_devices")
+        by_process = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+        devices = [device for p in range(processes)
+                   for device in [d for d in by_process if d.process_index == p][:count]]
+        return cls(Mesh(np.asarray(devices), ("data",)))
 
     @property
     def replicated(self) -> NamedSharding:
@@ -220,13 +229,13 @@ class DataParallel(NamedTuple):
         return NamedSharding(self.mesh, PartitionSpec("data"))
 
     def replicate(self, tree: PyTree) -> PyTree:
-        return jax.device_put(tree, self.replicated)
+        return distributed.global_tree(tree, self.replicated)
 
     def shard_batch(self, *arrays: np.ndarray):
-        return tuple(jax.device_put(a, self.batch) for a in arrays)
+        """The global batch ``arrays`` (the same on every process) split over the mesh."""
+        return tuple(distributed.global_array(a, self.batch) for a in arrays)
 
     def jit_step(self, train_step):
         """jit with the state replicated in and out, the batch split, and the old state's buffers donated."""
         return jax.jit(train_step, in_shardings=(self.replicated, self.batch, self.batch),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-

@@ -30,6 +30,25 @@ def compacted_size(active: int, batch: int) -> int:
     return min(batch, math.ceil(active / granule) * granule)
 
 
+def rows_holding(active: np.ndarray) -> np.ndarray:
+    """Row indices of a batch that holds the inputs where the (batch,) mask ``active`` is set, first in
+    order, then copies of the first of them up to `compacted_size`."""
+    chosen = np.flatnonzero(active)
+    size = compacted_size(chosen.size, len(active))
+    return np.concatenate([chosen, np.repeat(chosen[:1], size - chosen.size)])
+
+
+def scatter_rows(whole, part, rows: np.ndarray, count: int):
+    """``whole`` (a pytree of batch-leading arrays) with its rows ``rows[:count]`` replaced by the first
+    ``count`` rows of ``part`` (gathered with `rows_holding`; the padding rows after them are dropped)."""
+    def scatter(kept, new):
+        kept = np.array(kept)
+        kept[rows[:count]] = np.asarray(new)[:count]
+        return jnp.asarray(kept)
+
+    return jax.tree.map(scatter, whole, part)
+
+
 def run_compacting(segment: Callable[[Any, Any, int, int], Any], operands, state, *, start: int, stop: int,
                    every: int, finished: Callable[[Any], jax.Array]):
     """Runs the iterations ``start, ..., stop - 1`` as ``state = segment(operands, state, first, last)`` over
@@ -49,6 +68,7 @@ def run_compacting(segment: Callable[[Any, Any, int, int], Any], operands, state
     """
     whole = jax.tree.map(np.array, state)
     rows = np.arange(len(np.asarray(finished(state))))  # each running row's input; -1 for padding
+    batch = len(rows)  # sizes stay multiples of an eighth of the whole batch: at most GRANULES compilations
 
     def write_back(mask):
         """Copies the running state of the rows in ``mask`` into the whole batch's."""
@@ -61,7 +81,7 @@ def run_compacting(segment: Callable[[Any, Any, int, int], Any], operands, state
         active = np.flatnonzero(real & ~done)
         if not active.size:
             break
-        size = compacted_size(active.size, len(rows))
+        size = compacted_size(active.size, batch)
         if size < len(rows):  # the finished rows leave: their state is final
             write_back(real & done)
             take = np.concatenate([active, np.repeat(np.flatnonzero(done)[:1], size - active.size)])

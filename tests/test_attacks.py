@@ -40,6 +40,9 @@ FAST = {
     "deepfool": {"max_iter": 4},
     "deepfool-l2": {"max_iter": 4},
     "square": {"n_queries": 12},
+    "apgd-t": {"steps": 6, "targets": 2},
+    "pgd-t": {"steps": 3, "targets": 2},
+    "fab-t": {"steps": 4, "targets": 2},
 }
 VARIANTS = [(name, FAST.get(name, {})) for name in attacks.ATTACKS] + [("apgd-ce", {"steps": 6, "norm": "l2"})]
 
@@ -336,7 +339,7 @@ def test_pgd_restart_groups_reach_the_analytic_verdict():
 
 
 
-@pytest.mark.parametrize("name, budget", [("square", {"n_queries": 60}), ("apgd-ce", {"steps": 30, "restarts": 2})])
+@pytest.mark.parametrize("name, budget", [("square", {"n_queries": 30}), ("apgd-ce", {"steps": 20, "restarts": 2})])
 def test_compaction_keeps_the_verdict_and_evaluates_only_unbroken_inputs(name, budget):
     """Dropping broken inputs from the batch between segments of iterations changes neither the verdict nor
     the points (every input's iterations depend on it alone), and evaluates fewer rows; inside a caller's jit

@@ -169,10 +169,10 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     ``suite`` (`andor_jax.attacks.suites`: ``standard``, ``plus``, ``rand``, ``paper``) replaces the attack
     list: its attacks run in order, each on the examples still standing, and every gradient attack also on
     pseudo-gradients where the model has them; the config's ``attack_settings`` apply to its own attack list
-    (and the ``paper`` suite), ``attack_settings`` given here to either.  The convergence check (`robustness.Convergence`, on unless
-    ``convergence_check`` is False) attacks the examples still standing again with twice the budget of the
-    strongest attack and flags the report "not converged" when it breaks more than ``convergence_threshold``
-    of the examples.
+    (and the ``paper`` suite), ``attack_settings`` given here to either.  The convergence check
+    (`robustness.Convergence`, on unless ``convergence_check`` is False) attacks the examples still standing
+    again with twice the budget of the strongest attack and flags the report "not converged" when it breaks
+    more than ``convergence_threshold`` of the examples.
 
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
@@ -192,7 +192,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     if suite:
         attack_names, suite_settings = suites.resolve(
             suite, randomised=models.randomised(_attacked(declared, attack_model)),
-            paper_attacks=_names(settings.attacks), paper_settings=_merged_settings(settings.get("attack_settings"), None))
+            paper_attacks=_names(settings.attacks),
+            paper_settings=_merged_settings(settings.get("attack_settings"), None))
     else:
         attack_names = _names(settings.attacks if attacks is None else attacks)
     eps_grid = list(eps if eps is not None else settings.eps)

@@ -197,7 +197,8 @@ def test_the_convergence_check_flags_a_weak_attack_and_passes_a_converged_one(tr
                           convergence=robustness.Convergence())
     summary = report_lib.robustness_summary(weak)
     convergence = summary["convergence"]
-    assert convergence["attack"] == "pgd" and (convergence["settings"]["steps"], convergence["settings"]["restarts"]) == (2, 2)
+    assert convergence["attack"] == "pgd"
+    assert (convergence["settings"]["steps"], convergence["settings"]["restarts"]) == (2, 2)
     assert convergence["broken"]["0.05"] > 0.005 * len(y) and not convergence["converged"]
     assert summary["robust_accuracy"]["0.05"] < summary["robust_accuracy_before_check"]["0.05"]
     assert summary["robust_accuracy_before_check"]["0.05"] - summary["robust_accuracy"]["0.05"] == pytest.approx(
@@ -213,7 +214,8 @@ def test_the_convergence_check_flags_a_weak_attack_and_passes_a_converged_one(tr
     summary = report_lib.robustness_summary(converged)
     assert summary["settings"]["convergence"]["attack"] == "pgd"
     assert summary["settings"]["convergence"]["settings"]["steps"] == 6
-    assert summary["convergence"]["converged"] and 0 < summary["convergence"]["standing"][next(iter(converged.check))] < 8
+    standing = next(iter(summary["convergence"]["standing"].values()))
+    assert summary["convergence"]["converged"] and 0 < standing < 8
     assert "### Convergence check" in "\n".join(report_lib._format_robustness(summary, None))
 
 

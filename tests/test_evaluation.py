@@ -251,3 +251,20 @@ def test_psd_on_a_model_without_pseudo_gradients_fails_before_any_work(trained_w
     with pytest.raises(ValueError, match="gradient mode 'psd'"):
         evaluation.evaluate(trained_workdir, data_dir=str(synthetic_mnist_dir), pseudo_gradient_attacks=True,
                             progress=False, limit=10)
+
+
+def test_bad_suite_requests_fail_before_any_work(trained_workdir, synthetic_mnist_dir, monkeypatch, capsys):
+    """An unknown suite, the randomised models' suite on a deterministic model, a suite beside an attack
+    list and a bad convergence threshold are one-line errors (exit status 2) before anything is loaded."""
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may be loaded or attacked")
+
+    monkeypatch.setattr(registry, "run_attack", never)
+    monkeypatch.setattr(evaluation.experiment_lib, "load_trained", never)
+    for extra, message in ((["--suite", "strong"], "unknown suite 'strong'; suites: standard, plus, rand, paper"),
+                           (["--suite", "rand"], "suite 'rand' is for randomised models"),
+                           (["--suite", "standard", "--attacks", "fgsm"], "an attack list or a suite, not both"),
+                           (["--config.evaluate.convergence_threshold=2.0"], "convergence threshold must be a fraction")):
+        assert cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
+                         "--no-progress", "--limit", "10", *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra

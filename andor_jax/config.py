@@ -7,6 +7,8 @@ import pathlib
 
 import ml_collections
 
+from andor_jax import validation
+
 
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every config starts from.  Every key a run reads is declared here (or, for an
@@ -59,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.attacks = ["fgsm", "ifgsm", "pgd", "apgd-ce", "apgd-dlr", "deepfool", "square"]
-    config.evaluate.eps = eps_grid(0.05, 0.5, 0.05)
+    config.evaluate.eps = validation.number_range(0.05, 0.5, 0.05)
     config.evaluate.limit = 1000           # examples attacked; 0: the whole test set
     config.evaluate.batch_size = 500
     config.evaluate.attack_settings = ml_collections.ConfigDict()  # e.g. {"pgd": {"restarts": 1}}
@@ -198,40 +200,12 @@ def parse_value(text: str):
 
 def parse_list(text: str) -> list:
     """A list-valued key on the command line: a Python list literal (``[0.1, 0.3]``), ``start:stop:step``
-    (numbers, stop included: `eps_grid`), or comma-separated items each read by `parse_value`
-    (``fgsm,pgd``, ``0.1,0.3``); the empty string is the empty list."""
+    (numbers, stop included: `andor_jax.validation.number_range`), or comma-separated items each read by
+    `parse_value` (``fgsm,pgd``, ``0.1,0.3``); the empty string is the empty list."""
     value = parse_value(text)
     if isinstance(value, (tuple, list)):
         return list(value)
     parts = text.split(":")
-    if len(parts) == 3:
-        try:
-            return eps_grid(*(float(p) for p in parts))
-        except ValueError:
-            pass
+    if len(parts) == 3 and all(isinstance(parse_value(p), (int, float)) for p in parts):
+        return validation.number_range(*(float(p) for p in parts))
     return [parse_value(item.strip()) for item in text.split(",") if item.strip()]
-
-
-def eps_grid(start: float, stop: float, step: float) -> list[float]:
-    """``start, start + step, ..., stop`` (stop included), rounded to 10 decimals."""
-    if step <= 0:
-        raise ValueError("step must be positive")
-    count = int(round((stop - start) / step)) + 1
-    return [round(start + i * step, 10) for i in range(count)]
-
-
-def parse_eps(text) -> list[float]:
-    """An eps grid: ``0.05:0.5:0.05`` (start:stop:step, stop included), ``0.1,0.3``, or already a list of
-    numbers (``evaluate.eps``); each value must be >= 0."""
-    try:
-        if isinstance(text, (list, tuple)):
-            values = [float(v) for v in text]
-        elif ":" in text:
-            values = eps_grid(*(float(v) for v in text.split(":")))
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"cannot read eps grid {text!r} (use start:stop:step or a,b,c): {err}") from err
-    if not values or any(v < 0 for v in values):
-        raise ValueError(f"eps grid {text!r} must list values >= 0")
-    return values

@@ -133,6 +133,19 @@ def check_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
 
 # ---------------------------------------------------------------------------------------------------- eps
 
+def number_range(start: float, stop: float, step: float) -> list[float]:
+    """``start, start + step, ...`` up to ``stop`` included, never past it (``0.1:0.25:0.1`` is 0.1, 0.2),
+    rounded to 10 decimals; InvalidInput for a non-finite value, a step <= 0 or a reversed range."""
+    if not all(map(math.isfinite, (start, stop, step))):
+        raise InvalidInput("start, stop and step must be finite")
+    if step <= 0:
+        raise InvalidInput(f"step must be > 0, got {step:g}")
+    if stop < start:
+        raise InvalidInput(f"the range is reversed: stop {stop:g} < start {start:g}")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + i * step, 10) for i in range(count)]
+
+
 def parse_eps_grid(text: str, name: str = "--eps") -> list[float]:
     """``start:stop:step`` (stop included, step > 0, start <= stop) or ``a,b,c``; values finite and >= 0.
 
@@ -144,15 +157,7 @@ def parse_eps_grid(text: str, name: str = "--eps") -> list[float]:
             parts = text.split(":")
             if len(parts) != 3:
                 raise InvalidInput("a range has three parts, start:stop:step")
-            start, stop, step = (float(part) for part in parts)
-            if not all(map(math.isfinite, (start, stop, step))):
-                raise InvalidInput("start, stop and step must be finite")
-            if step <= 0:
-                raise InvalidInput(f"step must be > 0, got {step:g}")
-            if stop < start:
-                raise InvalidInput(f"the range is reversed: stop {stop:g} < start {start:g}")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 10) for i in range(count)]
+            values = number_range(*(float(part) for part in parts))
         else:
             values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as err:

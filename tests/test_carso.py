@@ -148,6 +148,9 @@ def test_protocol_declarations_and_errors(tiny):
     assert set(carso.DIFFERENTIABLE) <= set(models.gradient_modes(model))
     with pytest.raises(ValueError, match="PRNG key"):
         models.logits(model, variables, x)
+    with pytest.raises(ValueError, match="'sample' RNG stream"):  # no silent deterministic stand-in
+        model.apply(variables, x)
+    assert models.monitor_metric(model) == "test_monitor_accuracy"
     with pytest.raises(ValueError, match="mean_logits"):
         models.logits(model, variables, x, key=jax.random.PRNGKey(0), gradient="psd")
     with pytest.raises(ValueError, match="unknown aggregation"):
@@ -177,9 +180,12 @@ def test_adversarial_variants_are_parsed_and_checked():
 def test_adversarial_objective_averages_the_variants_losses(synthetic_mnist_dir):
     config = carso_classifier_mnist.get_config("adversarial_small")
     config.data.limit_train, config.train.adversarial.pgd_steps = 100, 5
+    config.model.dropout = 0.0  # the variants' losses then differ by their inputs, not by dropout noise
     exp = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir))
     state = exp.init_state()
-    x, y = exp.dataset.x_train[:50], exp.dataset.y_train[:50]
+    x = exp.dataset.x_train[:50]
+    # labels the network's own predictions: every clean input is correct, so every attack has to move it
+    y = jnp.argmax(exp.model.apply({"params": state.params, **state.model_state}, x, train=False), -1)
     _, _, _, metrics = jax.jit(exp.objective.update)(state.params, state.model_state, state.objective_state, x, y,
                                                     jax.random.PRNGKey(0), 0.0, 0)
     names = ["clean", "pgd_0.15", "pgd_0.3", "fgsm_0.15", "fgsm_0.3"]
@@ -247,6 +253,7 @@ def test_purifier_training_leaves_the_classifier_bit_identical(classifier_workdi
     assert all(changed)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert np.isfinite(record["train_loss"]) and record["train_bce"] > 0 and 0 <= record["train_accuracy"] <= 1
+    assert "test_accuracy" not in record and 0 <= record["test_monitor_accuracy"] <= 1  # z = 0, not the vote
 
 
 def test_init_from_another_architecture_is_a_clear_error(classifier_workdir, synthetic_mnist_dir, tmp_path):

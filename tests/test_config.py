@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from andor_jax import config as config_lib, data, experiment, train
+from andor_jax import config as config_lib, data, experiment, train, validation
 
 BATCH = 8
 # The step of `experiment.fit`, compiled without XLA's expensive CPU optimisations: half the compile time.
@@ -184,11 +184,12 @@ def test_list_overrides_keep_lists():
     assert config.evaluate.eps == pytest.approx([0.1, 0.2, 0.3]) and isinstance(config.evaluate.eps, list)
 
 
-def test_parse_eps_takes_a_list_or_the_command_line_syntax():
-    assert config_lib.parse_eps([0.1, 0.3]) == [0.1, 0.3]
-    assert config_lib.parse_eps("0.1:0.3:0.1") == pytest.approx([0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="eps grid"):
-        config_lib.parse_eps([-0.1])
+def test_a_list_range_never_passes_its_stop_and_reads_like_the_eps_option():
+    """``evaluate.eps=0.1:0.25:0.1`` is 0.1, 0.2 (a rounding count would give 0.3, past the stop), the
+    same grid as ``--eps 0.1:0.25:0.1``; a reversed range is an error naming it."""
+    assert config_lib.parse_list("0.1:0.25:0.1") == validation.parse_eps_grid("0.1:0.25:0.1") == [0.1, 0.2]
+    with pytest.raises(validation.InvalidInput, match="reversed"):
+        config_lib.parse_list("0.3:0.1:0.1")
 
 
 def test_a_folder_named_like_a_bundled_config_does_not_hide_it(tmp_path, monkeypatch):

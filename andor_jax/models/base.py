@@ -12,7 +12,10 @@ A *model* is any Flax module that declares, as class attributes or properties (d
 
 and may define ``logits(self, x, *, gradient=None)``: its real forward for ``gradient=None`` (what is
 judged), the surface of a named gradient mode otherwise, with the same forward values (default: ``self(x)``).
-`logits` and `representation` below are how the rest of the library calls a model.
+A randomised model also defines ``monitor(self, x)``: cheap deterministic logits that the training engine
+reports per epoch as ``test_monitor_accuracy`` (e.g. CARSO's decode at ``z = 0``), never as the model's
+accuracy.  `logits`, `monitor_logits` and `representation` below are how the rest of the library calls a
+model.
 
 `Sequential` is the model of a chain of layers (`andor_jax.layers`), and itself a composite layer (it
 may be nested).  An *architecture* is a module ``andor_jax/models/<name>.py`` with
@@ -126,6 +129,22 @@ def logits(model: nn.Module, variables, x: jax.Array, *, key: jax.Array | None =
     if not hasattr(model, "logits"):
         return model.apply(variables, x, rngs=rngs)
     return model.apply(variables, x, gradient=gradient, rngs=rngs, method="logits")
+
+
+def monitor_logits(model: nn.Module, variables, x: jax.Array) -> jax.Array:
+    """Deterministic logits for the engine's per-epoch test metric: the real forward of a deterministic
+    model; the ``monitor`` method of a randomised one (module docstring), which is not its prediction."""
+    if not randomised(model):
+        return model.apply(variables, x)
+    if not hasattr(model, "monitor"):
+        raise ValueError(f"{type(model).__name__} is randomised but defines no monitor(x): the training "
+                         "engine has no deterministic logits to report per epoch")
+    return model.apply(variables, x, method="monitor")
+
+
+def monitor_metric(model: nn.Module) -> str:
+    """The name under which the engine logs the per-epoch test accuracy of `monitor_logits`."""
+    return "test_monitor_accuracy" if randomised(model) else "test_accuracy"
 
 
 def as_path(path: str | Sequence[str]) -> Path:

@@ -40,9 +40,9 @@ fixed key gives a deterministic network), and decisions always use the real forw
 Sequential's ``psd`` mode, these surfaces do not share the vote's forward values (a straight-through vote
 would give the cross-entropy a gradient of ``votes/n - onehot``, zero once every draw votes for the label).
 
-Without a ``"sample"`` stream (the engine's per-epoch test accuracy calls ``model.apply(variables, x)``)
-the model returns `Carso.prior_mode_logits`, one decode at ``z = 0``: a cheap monitor, not CARSO's
-prediction.  Inputs are flattened images (``data.flatten = True``).
+The engine's per-epoch metric (``test_monitor_accuracy``) is `Carso.monitor`, one decode at ``z = 0``: a
+cheap, deterministic monitor of the purifier, not CARSO's prediction; calling the model without a
+``"sample"`` stream is an error.  Inputs are flattened images (``data.flatten = True``).
 """
 from __future__ import annotations
 
@@ -216,10 +216,10 @@ class Carso(Model):
             self._initialise(x)
         return self.purifier(x, self._representation(x), train=train)
 
-    def prior_mode_logits(self, x: jax.Array) -> jax.Array:
+    def monitor(self, x: jax.Array) -> jax.Array:
         """The classifier's logits of the image decoded from ``z = 0`` (the prior's mode): a cheap,
-        deterministic monitor of the purifier, used when no ``"sample"`` stream is given (the engine's
-        per-epoch test accuracy).  Not CARSO's prediction: `andor_jax.models.logits` always passes a key."""
+        deterministic monitor of the purifier for the engine's per-epoch metric (`models.monitor_logits`).
+        Not CARSO's prediction, which votes over ``n_draws`` draws."""
         condition = self.purifier.condition(self._representation(x))
         pixels = self.purifier.decode(jnp.zeros((x.shape[0], self.purifier.latent), x.dtype), condition)
         return self.classifier(jax.nn.sigmoid(pixels).reshape(x.shape))
@@ -235,7 +235,8 @@ class Carso(Model):
         if self.is_initializing():
             return self._initialise(x)
         if not self.has_rng("sample"):
-            return self.prior_mode_logits(x)
+            raise ValueError("CARSO draws latents: call it with a 'sample' RNG stream "
+                             "(andor_jax.models.logits(model, variables, x, key=...))")
         aggregation, draws = self.aggregation, self.n_draws
         if gradient not in (None, "true"):
             if gradient not in DIFFERENTIABLE:

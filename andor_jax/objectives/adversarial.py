@@ -23,7 +23,7 @@ author's code, both stated in the README:
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +79,34 @@ def perturb(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Ar
     return jax.lax.stop_gradient(result.x_adv)
 
 
-def adversarial_objective(model, loss, variants: Sequence[tuple[str, float]], *, domain: Sequence[float],
-                          pgd_steps: int, pgd_step_size: float) -> Objective:
+class VariantAttacks(NamedTuple):
+    """The attacked variants of every training batch (module docstring) and the attacks' settings."""
+
+    variants: tuple[tuple[str, float], ...]
+    domain: tuple[float, float]
+    pgd_steps: int
+    pgd_step_size: float
+
+    @classmethod
+    def from_settings(cls, settings) -> "VariantAttacks":
+        """From a config block with ``variants``, ``domain``, ``pgd_steps`` and ``pgd_step_size``."""
+        return cls(parse_variants(settings.variants), tuple(settings.domain), int(settings.pgd_steps),
+                   float(settings.pgd_step_size))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(variant_name(kind, eps) for kind, eps in self.variants)
+
+    def inputs(self, logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
+               key: jax.Array) -> list[jax.Array]:
+        """The batch in each variant, attacked against ``logits_fn`` with its own key from ``key``."""
+        keys = jax.random.split(key, len(self.variants))
+        return [perturb(logits_fn, x, y, variant_key, kind, eps, domain=self.domain, pgd_steps=self.pgd_steps,
+                        pgd_step_size=self.pgd_step_size)
+                for variant_key, (kind, eps) in zip(keys, self.variants)]
+
+
+def adversarial_objective(model, loss, variant_attacks: VariantAttacks) -> Objective:
     """Gradients of ``(1/V) sum_v loss(model(x_v; train), y)`` over the ``V`` variants ``x_v`` of the batch
     (module docstring).  Metrics: ``loss`` (the mean), ``accuracy`` (clean batch, training mode), and
     ``loss_<variant>``, ``accuracy_<variant>`` of each variant."""
@@ -89,23 +115,21 @@ def adversarial_objective(model, loss, variants: Sequence[tuple[str, float]], *,
         def inference_logits(inputs):
             return model.apply({"params": params, **model_state}, inputs, train=False)
 
-        keys = jax.random.split(key, 2 * len(variants))
-        inputs = [perturb(inference_logits, x, y, keys[2 * i], kind, eps, domain=domain, pgd_steps=pgd_steps,
-                          pgd_step_size=pgd_step_size) for i, (kind, eps) in enumerate(variants)]
+        attack_key, dropout_key = jax.random.split(key)
+        inputs = variant_attacks.inputs(inference_logits, x, y, attack_key)
+        dropout_keys = jax.random.split(dropout_key, len(inputs))
 
         def loss_fn(p):
             state, losses, accuracies = model_state, [], []
-            for index, x_variant in enumerate(inputs):
-                outputs, state = apply_model(model, p, state, x_variant, train=True, rho=rho,
-                                             key=keys[2 * index + 1])
+            for x_variant, variant_key in zip(inputs, dropout_keys):
+                outputs, state = apply_model(model, p, state, x_variant, train=True, rho=rho, key=variant_key)
                 losses.append(loss(outputs, y))
                 accuracies.append(accuracy(outputs, y))
             return jnp.mean(jnp.stack(losses)), (state, losses, accuracies)
 
         (value, (new_state, losses, accuracies)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         metrics = {"loss": value}
-        for (kind, eps), variant_loss, variant_accuracy in zip(variants, losses, accuracies):
-            name = variant_name(kind, eps)
+        for name, variant_loss, variant_accuracy in zip(variant_attacks.names, losses, accuracies):
             metrics[f"loss_{name}"] = variant_loss
             metrics[f"accuracy_{name}"] = variant_accuracy
         metrics["accuracy"] = metrics.get("accuracy_clean", accuracies[0])
@@ -116,7 +140,5 @@ def adversarial_objective(model, loss, variants: Sequence[tuple[str, float]], *,
 
 def get_objective(model, train_config, steps_per_epoch: int = 1) -> Objective:
     """The objective of ``train.adversarial`` (module docstring) with the loss ``train.loss``."""
-    settings = train_config.adversarial
-    return adversarial_objective(model, get_loss(train_config.loss), parse_variants(settings.variants),
-                                 domain=tuple(settings.domain), pgd_steps=int(settings.pgd_steps),
-                                 pgd_step_size=float(settings.pgd_step_size))
+    return adversarial_objective(model, get_loss(train_config.loss),
+                                 VariantAttacks.from_settings(train_config.adversarial))

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from andor_jax.objectives import Objective, stateless
-from andor_jax.objectives.adversarial import parse_variants, perturb, variant_name
+from andor_jax.objectives.adversarial import VariantAttacks
 from andor_jax.objectives.losses import accuracy
 
 
@@ -57,7 +57,7 @@ def submodel_variables(params, model_state, name: str) -> dict:
     return {"params": params[name], **{c: tree[name] for c, tree in model_state.items() if name in tree}}
 
 
-def cvae_objective(model, variants, *, beta: float, domain, pgd_steps: int, pgd_step_size: float) -> Objective:
+def cvae_objective(model, variant_attacks: VariantAttacks, *, beta: float) -> Objective:
     """The objective of the module docstring for a `andor_jax.models.carso.Carso` model."""
 
     def update(params, model_state, x, y, key, rho, step):
@@ -66,16 +66,17 @@ def cvae_objective(model, variants, *, beta: float, domain, pgd_steps: int, pgd_
         def classifier_logits(inputs):
             return model.classifier.apply(classifier_variables, inputs, train=False)
 
-        keys = jax.random.split(key, 3 * len(variants))
-        inputs = [perturb(classifier_logits, x, y, keys[3 * i], kind, eps, domain=domain, pgd_steps=pgd_steps,
-                          pgd_step_size=pgd_step_size) for i, (kind, eps) in enumerate(variants)]
+        attack_key, sample_key, dropout_key = jax.random.split(key, 3)
+        inputs = variant_attacks.inputs(classifier_logits, x, y, attack_key)
+        sample_keys = jax.random.split(sample_key, len(inputs))
+        dropout_keys = jax.random.split(dropout_key, len(inputs))
 
         def loss_fn(p):
             state, terms, accuracies = model_state, [], []
-            for index, x_variant in enumerate(inputs):
+            for x_variant, variant_sample_key, variant_dropout_key in zip(inputs, sample_keys, dropout_keys):
                 (pixel_logits, mu, log_variance), state = model.apply(
                     {"params": p, **state}, x_variant, train=True, method="reconstruct", mutable=list(state),
-                    rngs={"sample": keys[3 * index + 1], "dropout": keys[3 * index + 2]})
+                    rngs={"sample": variant_sample_key, "dropout": variant_dropout_key})
                 terms.append(negative_elbo(pixel_logits, x, mu, log_variance, beta))
                 images = jax.lax.stop_gradient(jax.nn.sigmoid(pixel_logits)).reshape(x.shape)
                 accuracies.append(accuracy(classifier_logits(images), y))
@@ -86,8 +87,8 @@ def cvae_objective(model, variants, *, beta: float, domain, pgd_steps: int, pgd_
         bce = jnp.mean(jnp.stack([jnp.mean(b) for b, _ in terms]))
         kl = jnp.mean(jnp.stack([jnp.mean(k) for _, k in terms]))
         metrics = {"loss": bce + beta * kl, "bce": bce, "kl": kl, "accuracy": jnp.mean(jnp.stack(accuracies))}
-        for (kind, eps), (b, k) in zip(variants, terms):
-            metrics[f"loss_{variant_name(kind, eps)}"] = jnp.mean(b + beta * k)
+        for name, (b, k) in zip(variant_attacks.names, terms):
+            metrics[f"loss_{name}"] = jnp.mean(b + beta * k)
         return grads, new_state, metrics
 
     return stateless(update)
@@ -97,6 +98,4 @@ def get_objective(model, train_config, steps_per_epoch: int = 1) -> Objective:
     """The objective of ``train.cvae`` (``variants``, ``beta``, ``pgd_steps``, ``pgd_step_size``,
     ``domain``)."""
     settings = train_config.cvae
-    return cvae_objective(model, parse_variants(settings.variants), beta=float(settings.beta),
-                          domain=tuple(settings.domain), pgd_steps=int(settings.pgd_steps),
-                          pgd_step_size=float(settings.pgd_step_size))
+    return cvae_objective(model, VariantAttacks.from_settings(settings), beta=float(settings.beta))

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from andor_jax.attacks.compaction import compacted_size
 from andor_jax.interval import Interval
 from andor_jax.layers.base import MissingIntervalRuleError, Path, chain_interval, chains, layer_interval, trace
 
@@ -104,29 +105,36 @@ def certified(model: nn.Module, variables, x, y, eps, domain, margin: str = "aff
     return jnp.all(margin_lower_bounds(model, variables, x, y, eps, domain, margin) > 0, axis=-1)
 
 
+_certified_check = jax.jit(certified, static_argnames=("model", "domain", "margin"))
+
+
 def certified_accuracy(model: nn.Module, variables, x: np.ndarray, y: np.ndarray, eps_grid: Sequence[float], *,
                        domain: tuple[float, float], margin: str | None = None,
                        batch_size: int = 1000) -> dict[float, float]:
-    """Fraction of ``(x, y)`` certified at each ``eps``; batched and jit-compiled once for all eps.
+    """Fraction of ``(x, y)`` certified at each ``eps``; batched and jit-compiled once for all eps (and for
+    every later call with the same model, domain and margin).
 
     Interval propagation is monotone in the input box (a larger box gives larger boxes at every layer),
     so an example that fails at some eps fails at every larger one: the eps grid is walked upwards and only
-    the examples still certified are propagated again.  ``margin=None`` picks ``"affine"`` when the last
-    layer is affine (possibly followed by order-preserving activations), else ``"plain"``.
+    the examples still certified are propagated again.  A last, partial batch is padded only up to the next
+    multiple of an eighth of ``batch_size`` (`andor_jax.attacks.compaction.compacted_size`: at most eight
+    compiled batch sizes).  ``margin=None`` picks ``"affine"`` when the last layer is affine (possibly
+    followed by order-preserving activations), else ``"plain"``.
     """
     if margin is None:
         margin = "plain" if last_affine_layer(model) is None else "affine"
     if any(e < 0 for e in eps_grid):
         raise ValueError(f"eps must be >= 0, got {list(eps_grid)}")
-    check = jax.jit(lambda v, xb, yb, e: certified(model, v, xb, yb, e, domain, margin))
+    domain = tuple(float(bound) for bound in domain)
     remaining = np.arange(len(x))
     accuracy = {}
     for e in sorted(float(v) for v in eps_grid):
         passed = []
         for start in range(0, len(remaining), batch_size):
             chunk = remaining[start:start + batch_size]
-            padded = np.resize(chunk, batch_size) if len(chunk) < batch_size <= len(x) else chunk
-            ok = np.asarray(check(variables, jnp.asarray(x[padded]), jnp.asarray(y[padded]), jnp.float32(e)))
+            padded = np.resize(chunk, compacted_size(len(chunk), min(batch_size, len(x))))
+            ok = np.asarray(_certified_check(model, variables, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
+                                             jnp.float32(e), domain, margin))
             passed.append(chunk[ok[:len(chunk)]])
         remaining = np.concatenate(passed) if passed else remaining
         accuracy[e] = len(remaining) / len(x)

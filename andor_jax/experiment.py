@@ -41,7 +41,7 @@ class Experiment:
         self.model = models.build_model(config.model)
         self.optimizer = train.make_optimizer(config.train)
         self.objective = objectives.get_objective(self.model, config.train, self.steps_per_epoch)
-        self.projection = lambda params: models.project(self.model, params)
+        self.projection = lambda params, step: models.project(self.model, params, step / self.steps_per_epoch)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -7,7 +7,8 @@ replaceable pieces:
   (supervised gradients; AND/OR's mix of two losses; a local learning rule);
 * an optax optimiser, optionally preceded by gradient transformations (clipping, weight concentration) and
   restricted to the trainable parameters (``train.trainable``: the rest is frozen);
-* a *projection* applied to the parameters after every update (MWD clipping, AND/OR L1 normalisation);
+* a *projection* ``(params, step) -> params`` applied to the parameters at initialisation (step 0) and after
+  every update (the step reached), e.g. MWD clipping, the AND/OR L1 budget and its schedule;
 * a schedule for the pseudo-gradient mix ``rho`` of layers that have one (MWD units), ``train.psd_mix``:
   it is independent of the objective, which receives its traced value every step.
 
@@ -141,12 +142,15 @@ def keep_frozen(labels: PyTree, new: PyTree, old: PyTree) -> PyTree:
 
 # ----------------------------------------------------------------------------------------- the step
 
-def identity_projection(params: PyTree) -> PyTree:
+Projection = Callable[[PyTree, jax.Array], PyTree]
+
+
+def identity_projection(params: PyTree, step=0) -> PyTree:
     return params
 
 
 def make_train_step(optimizer: optax.GradientTransformation, objective: objectives.Objective, *,
-                    projection: Callable[[PyTree], PyTree] = identity_projection,
+                    projection: Projection = identity_projection,
                     rho_schedule: optax.Schedule = optax.constant_schedule(1.0),
                     trainable: Sequence[str] = ()):
     """Builds the (not yet jitted) step ``(state, x, y) -> (state, metrics)``: the objective's update
@@ -159,7 +163,7 @@ def make_train_step(optimizer: optax.GradientTransformation, objective: objectiv
         grads, model_state, objective_state, metrics = objective.update(
             state.params, state.model_state, state.objective_state, x, y, key, rho, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = projection(optax.apply_updates(state.params, updates))
+        params = projection(optax.apply_updates(state.params, updates), state.step + 1)
         if trainable:
             params = keep_frozen(trainable_labels(state.params, trainable), params, state.params)
         new_state = TrainState(state.step + 1, params, model_state, opt_state, objective_state, rng)
@@ -170,7 +174,7 @@ def make_train_step(optimizer: optax.GradientTransformation, objective: objectiv
 
 def init_state(model, optimizer: optax.GradientTransformation, objective: objectives.Objective,
                sample_x: jax.Array, seed: int,
-               projection: Callable[[PyTree], PyTree] = identity_projection) -> TrainState:
+               projection: Projection = identity_projection) -> TrainState:
     """Initialises parameters (projected onto their constraint set), the optimiser and objective states, in
     one compiled computation (large models initialise many times faster than op by op)."""
 
@@ -178,7 +182,7 @@ def init_state(model, optimizer: optax.GradientTransformation, objective: object
     def initialise(sample_x):
         init_key, dropout_key, rng = jax.random.split(jax.random.PRNGKey(seed), 3)
         variables = dict(model.init({"params": init_key, "dropout": dropout_key}, sample_x))
-        params = projection(variables.pop("params"))
+        params = projection(variables.pop("params"), 0)
         return restart(TrainState(jnp.zeros((), jnp.int32), params, variables, None, None, rng), params,
                        variables, optimizer, objective)
 

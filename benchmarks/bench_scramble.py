@@ -39,7 +39,7 @@ def train_config(objective: str, scrambles: int, sds_size: int) -> ml_collection
 def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float]:
     """(compile seconds, median seconds of one step) of the jitted training step."""
     optimizer = train.make_optimizer(config)
-    projection = lambda params: models.project(model, params)  # noqa: E731
+    projection = lambda params, step: models.project(model, params)  # noqa: E731
     objective = objectives.get_objective(model, config)
     state = train.init_state(model, optimizer, objective, x[:1], seed=0, projection=projection)
     step = jax.jit(train.make_train_step(optimizer, objective, projection=projection), donate_argnums=0)

@@ -8,14 +8,13 @@
 * inputs in [0, 1] (his normalisation is the identity; the paper's text says [-1, 1]);
 * cross-entropy and loss2 (type B scrambles, a term for the output layer too), each gradient concentrated
   and normalised per neuron, ``(|w| / max |w|)^0.85 (|g| / max |g|)^0.5``, biases raw x 0.5, loss2 at 0.7
-  (``train.andor.mix = "per_neuron"``); the first 6,000 steps (his 20 epochs of 300 batches) on loss2
+  (``train.andor.mix = "per_neuron"``); the L1 budget falls as his 10 (2 - tanh(2 epoch / 100)) raw, from 2
+  to about 1 by epoch 100 (``model.budget = 2``, ``budget_final = 1``, ``budget_decay_epochs = 100``,
+  projected at the step's epoch); the first 6,000 steps (his 20 epochs of 300 batches) on loss2
   alone at 0.07 (``loss2_only_steps``); SGD lr 5e-4, momentum 0.9, batch 200; 400 epochs.
 
 What differs from his code, and why:
 
-* The L1 budget is constant at 2 (20 in raw units), his value at epoch 0; his falls as
-  10 (2 - tanh(2 epoch / 100)) to about 1 by epoch 100.  The engine's projection has no step, so a
-  schedule cannot be expressed without an engine hook (issue 14, not done).
 * loss2 is the paper's formula (eq. 5-6 with ``K(x) = |tanh(4 (x - 0.5))|``) on 8 scrambles of 25
   examples every step, not his more elaborate score on a 600-example batch every second epoch; his
   weight exponent 0.85 - 0.2 sigmoid(99 (uc - c)) is the constant 0.85.
@@ -48,6 +47,8 @@ def get_config(arg=None):
     config.model.l1_rule = "author"
     config.model.scale = 10.0
     config.model.budget = 2.0
+    config.model.budget_final = 1.0
+    config.model.budget_decay_epochs = 100.0
     config.model.init = "pytorch"
     config.model.init_density = 0.2
     config.model.init_negative = (0.0, 0.0, 0.0, 0.0, 0.0)   # N / P at init, per affine layer ("sparse" only)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from andor_jax import bounds, models, train
@@ -20,6 +21,7 @@ from andor_jax.layers.base import get_path, walk
 from andor_jax.layers.standard import Activation, BatchNorm, Dense, Flatten, MaxPool
 from andor_jax.models import Sequential
 from andor_jax.objectives import andor
+from andor_jax.objectives.supervised import supervised_objective
 from conftest import synthetic_digits
 
 def norms(kernel):
@@ -105,6 +107,29 @@ def test_project_clamps_the_bias_and_the_engine_projects_every_andor_layer():
     for name in ("layers_0", "layers_4", "layers_6"):
         p, n = norms(np.asarray(projected[name]["kernel"]))
         assert np.all(p <= 1 + 1e-5) and np.all(n <= p + 1e-5)
+
+
+def test_the_budget_schedule_is_projected_at_the_steps_epoch():
+    """The author's budget 10 (2 - tanh(2 epoch / 100)) raw: with budget 2, final 1 and a decay over 2 epochs
+    the bound at epoch 1 is 1 + (1 - tanh(1)) = 1.2384; the engine projects at step / steps per epoch, so
+    weights pushed up by every step sit on the bound of the step's epoch."""
+    layer = AndOrDense(2, scale=1.0, budget=2.0, budget_final=1.0, budget_decay_epochs=2.0)
+    np.testing.assert_allclose([layer.budget_at(e) for e in (0.0, 1.0, 1e4)], [2.0, 2.0 - math.tanh(1.0), 1.0],
+                               rtol=1e-6)
+    assert AndOrDense(2, budget=2.0).budget_at(50.0) == 2.0  # no schedule: constant
+    model, steps_per_epoch = Sequential((layer,)), 4
+    x, y = np.ones((4, 3), np.float32), np.zeros(4, np.int32)
+    objective = supervised_objective(model, lambda logits, labels: -jnp.mean(logits))  # every weight up
+    projection = lambda p, step: models.project(model, p, step / steps_per_epoch)  # noqa: E731
+    optimizer = optax.sgd(10.0)
+    state = train.init_state(model, optimizer, objective, x[:1], 0, projection)
+    step = jax.jit(train.make_train_step(optimizer, objective, projection=projection))
+    for reached in range(1, 9):
+        state, _ = step(state, x, y)
+        p, _ = norms(np.asarray(state.params["layers_0"]["kernel"]))
+        np.testing.assert_allclose(p, 1.0 + 1.0 - math.tanh(2 * reached / steps_per_epoch / 2.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="budget_final"):
+        AndOrDense(2, budget_final=0.0)
 
 
 @pytest.mark.parametrize("field, value", [("scale", 0.0), ("budget", -1.0), ("bias_bound", -0.1),
@@ -339,7 +364,7 @@ def lenet_run():
     model = models.build_model(config.model)
     objective = andor.get_objective(model, config.train)
     optimizer = train.make_optimizer(config.train)
-    projection = lambda p: models.project(model, p)  # noqa: E731
+    projection = lambda p, step: models.project(model, p)  # noqa: E731
     state = train.init_state(model, optimizer, objective, x[:1], 0, projection)
     step = jax.jit(train.make_train_step(optimizer, objective, projection=projection))
     history = []

@@ -52,7 +52,7 @@ def test_unknown_optimizer_and_loss_are_clear_errors():
 def test_projection_hook_runs_after_every_update():
     model = models.Sequential((Dense(3),))
     optimizer = optax.sgd(10.0)
-    clip = lambda params: jax.tree.map(lambda p: jnp.clip(p, -0.1, 0.1), params)  # noqa: E731
+    clip = lambda params, step: jax.tree.map(lambda p: jnp.clip(p, -0.1, 0.1), params)  # noqa: E731
     x = np.ones((8, 4), np.float32)
     y = np.zeros(8, np.int32)
     objective = supervised_objective(model, cross_entropy)

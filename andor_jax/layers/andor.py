@@ -130,7 +130,10 @@ class AndOrNeurons(Layer):
       bias_bound: the bias is clamped to ``[-bias_bound, bias_bound]`` by `project` (author: 2 for dense
         layers, 0.5 and 1 for the two convolutions).
       budget: L1 bound of the positive (and negative) part of each neuron's effective weights ``W / scale``
-        (the paper's 1).
+        (the paper's 1); with ``budget_final`` its value at epoch 0.
+      budget_final, budget_decay_epochs: the budget schedule of the author's code (`budget_at`): the bound
+        falls from ``budget`` towards ``budget_final`` as ``1 - tanh(2 epoch / budget_decay_epochs)``
+        (his 10 (2 - tanh(2 epoch / 100)) raw: budget 2, final 1, 100 epochs).  None: constant.
       l1_rule: ``"author"`` or ``"paper"`` (module docstring).
       init_scheme: how the raw ``W`` and ``b`` are drawn (`INITS`): ``"pytorch"``, the author's (PyTorch's
         default, uniform in ``+-1/sqrt(fan_in)``; with a scale of 10 every nics starts near 0, on the
@@ -148,6 +151,8 @@ class AndOrNeurons(Layer):
     scale: float = 10.0
     bias_bound: float = 2.0
     budget: float = 1.0
+    budget_final: float | None = None
+    budget_decay_epochs: float = 100.0
     l1_rule: str = "author"
     init_scheme: str = "pytorch"
     init_density: float = 0.2
@@ -161,6 +166,9 @@ class AndOrNeurons(Layer):
             raise ValueError(f"{name}: scale must be > 0, got {self.scale}")
         if self.budget <= 0:
             raise ValueError(f"{name}: budget must be > 0, got {self.budget}")
+        if self.budget_final is not None and not (self.budget_final > 0 and self.budget_decay_epochs > 0):
+            raise ValueError(f"{name}: budget_final and budget_decay_epochs must be > 0, got "
+                             f"{self.budget_final} and {self.budget_decay_epochs}")
         if self.bias_bound < 0:
             raise ValueError(f"{name}: bias_bound must be >= 0, got {self.bias_bound}")
         if self.l1_rule not in L1_RULES:
@@ -188,10 +196,19 @@ class AndOrNeurons(Layer):
             key, shape, self.init_density, self.budget * self.scale, self.init_negative), kernel_shape)
         return kernel, self.param("bias", nn.initializers.zeros, kernel_shape[-1:])
 
-    def project(self, layer_params: dict) -> dict:
-        """Per-neuron L1 projection and bias clamp (module docstring); applied by the training engine."""
-        return project_andor(layer_params, scale=self.scale, budget=self.budget, bias_bound=self.bias_bound,
-                             rule=self.l1_rule)
+    def budget_at(self, epoch) -> jax.Array | float:
+        """The L1 budget at training time ``epoch``: ``budget`` without a schedule, else
+        ``budget_final + (budget - budget_final) (1 - tanh(2 epoch / budget_decay_epochs))``."""
+        if self.budget_final is None:
+            return self.budget
+        decay = 1.0 - jnp.tanh(2.0 * jnp.asarray(epoch, jnp.float32) / self.budget_decay_epochs)
+        return self.budget_final + (self.budget - self.budget_final) * decay
+
+    def project(self, layer_params: dict, epoch=0.0) -> dict:
+        """Per-neuron L1 projection at the budget of ``epoch`` (`budget_at`) and bias clamp (module
+        docstring); applied by the training engine at initialisation and after every step."""
+        return project_andor(layer_params, scale=self.scale, budget=self.budget_at(epoch),
+                             bias_bound=self.bias_bound, rule=self.l1_rule)
 
 
 class AndOrDense(AndOrNeurons):

@@ -17,8 +17,10 @@ The protocol.  Every layer subclasses `Layer` and may override these hooks; the 
 * ``interval(self, bounds: Interval) -> Interval``: a box containing every output for inputs in
   ``bounds``, reading the layer's parameters from ``self.variables``.  Default: raises
   `MissingIntervalRuleError` (nothing can be certified through the layer).
-* ``project(self, layer_params) -> layer_params``: the layer's constraint set, applied to its own
-  parameters after every optimiser step (MWD clipping, AND/OR L1 budget).  Default: the identity.
+* ``project(self, layer_params, epoch=0.0) -> layer_params``: the layer's constraint set, applied to its
+  own parameters at initialisation and after every optimiser step (MWD clipping, AND/OR L1 budget).
+  ``epoch`` is the training time in epochs (a traced float: steps taken / steps per epoch), for a
+  constraint set that changes during training (the AND/OR budget schedule).  Default: the identity.
   Must be idempotent.
 * ``affine``: ``None``, or, for an affine layer, a method ``affine(self) -> (W, b)`` with
   ``y = x W + b`` (``b`` may be None); certification bounds logit margins through it exactly.
@@ -83,7 +85,7 @@ class Layer(nn.Module):
     def interval(self, bounds: Interval) -> Interval:
         raise missing_interval_rule(self)
 
-    def project(self, layer_params: PyTree) -> PyTree:
+    def project(self, layer_params: PyTree, epoch=0.0) -> PyTree:
         return layer_params
 
     @classmethod

@@ -332,7 +332,7 @@ class MWD(Layer):
         return negated_interval(mwd_interval(bounds, params["u"], params["w"]), self.negate_bits())
 
     @staticmethod
-    def project(layer_params: dict) -> dict:
+    def project(layer_params: dict, epoch=0.0) -> dict:
         """The authors' post-step constraint: ``w`` clipped to [0, 1], ``u`` to [0.01, 3.0]."""
         return {**layer_params, "u": jnp.clip(layer_params["u"], *U_CLIP),
                 "w": jnp.clip(layer_params["w"], *W_CLIP)}

@@ -12,7 +12,7 @@ LOGITS = ("nics", "raw")
 
 
 def get_model(num_classes: int = 10, activation: str = "and", scale: float = 10.0, budget: float = 1.0,
-              l1_rule: str = "author", bias_bounds: Sequence[float] = (0.5, 1.0, 2.0, 2.0, 2.0),
+              budget_final: float | None = None, budget_decay_epochs: float = 100.0, l1_rule: str = "author", bias_bounds: Sequence[float] = (0.5, 1.0, 2.0, 2.0, 2.0),
               init: str = "pytorch", init_density: float = 0.2,
               init_negative: float | Sequence[float] = 0.0, logits: str = "raw",
               skip: bool = False) -> Sequential:
@@ -20,7 +20,8 @@ def get_model(num_classes: int = 10, activation: str = "and", scale: float = 10.
 
     ``bias_bounds`` gives one clamp per affine layer (the author's 0.5 and 1 for the convolutions, 2 for
     the dense layers).  ``init`` (`AndOrNeurons`'s ``init_scheme``), ``init_density`` and ``init_negative``
-    (one value for all, or one per affine layer): `AndOrNeurons`.  ``logits``: ``"raw"`` (the author's)
+    (one value for all, or one per affine layer), ``budget_final`` and ``budget_decay_epochs`` (the budget
+    schedule): `AndOrNeurons`.  ``logits``: ``"raw"`` (the author's)
     makes them the last layer's raw pre-activation ``W x + b``, ``"nics"`` its nics ``(W x + b) / scale``,
     bounded near ``+-budget``, where cross-entropy cannot become confident.
 
@@ -39,7 +40,8 @@ def get_model(num_classes: int = 10, activation: str = "and", scale: float = 10.
     if len(negatives) != affine_layers:
         raise ValueError(f"andor_lenet needs one init_negative or one per affine layer ({affine_layers}), "
                          f"got init_negative={init_negative}")
-    common = {"scale": scale, "budget": budget, "l1_rule": l1_rule, "init_scheme": init,
+    common = {"scale": scale, "budget": budget, "budget_final": budget_final,
+              "budget_decay_epochs": budget_decay_epochs, "l1_rule": l1_rule, "init_scheme": init,
               "init_density": init_density}
     last = affine_layers - 1
     return Sequential(lenet_layers(

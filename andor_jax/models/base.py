@@ -168,13 +168,14 @@ def representation(model: nn.Module, variables, x: jax.Array, paths: Sequence[st
     return jnp.concatenate([outputs[p].reshape(x.shape[0], -1) for p in wanted], axis=-1)
 
 
-def project(model: nn.Module, params: dict) -> dict:
+def project(model: nn.Module, params: dict, epoch=0.0) -> dict:
     """Applies every layer's constraint projection (`Layer.project`, e.g. MWD clipping or the AND/OR L1
-    budget) to its own parameters, nested layers included; children before their composites."""
+    budget) at training time ``epoch`` to its own parameters, nested layers included; children before
+    their composites."""
     projected = params
     for path, layer, layer_params in reversed(list(walk(model, params))):
         if layer_params and hasattr(layer, "project"):
-            projected = set_path(projected, path, layer.project(get_path(projected, path)))
+            projected = set_path(projected, path, layer.project(get_path(projected, path), epoch))
     return projected
 
 

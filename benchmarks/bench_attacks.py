@@ -9,16 +9,19 @@ by the network itself, or the first MNIST test images via ``--data-dir``).  The 
 eager code: a Python loop over restarts and steps on the whole batch, ``torch.set_num_threads`` set to the
 cores XLA uses.
 
-Variants: every step of every restart (equal work); and stopping as soon as every input is broken
+Variants: every step of every restart (equal work), the restarts vmapped or one after the other; and stopping as soon as every input is broken
 (``stop_when_all_broken``, our default), with the restarts all vmapped at once or one after the other
 (``parallel_restarts=1``), so that a batch broken by the first restart skips the others (the PyTorch loop
 checks ``broken.all()`` before each step).  Reported: every time; ``speedup`` = plain PyTorch loop / our
-stopping sequential run; ``speedup_equal_work`` = plain PyTorch loop / our vmapped run of every step (the
+stopping sequential run; ``speedup_equal_work`` = plain PyTorch loop / our faster run of every step (the
 arithmetic alone); ``speedup_both_stopping`` = stopping PyTorch loop / our stopping sequential run;
 examples per second; and the robust accuracy of each run (a check that they run the same attack: they
 draw different random starts, so the figures agree only roughly).
 
-Times are medians over ``--rounds`` interleaved rounds after one warm-up run each (compilation excluded).
+Times are minimums over ``--rounds`` interleaved rounds after one warm-up run each (compilation excluded).
+``fraction_of_peak``: the attack's matmul FLOPs (every step of every restart) per second of the faster
+equal-arithmetic variant, over the rate of one ``(n, 512) @ (512, 512)`` product measured in the same run
+(``common.matmul_rate``).
 ``--json PATH`` writes the figures.  Nothing is asserted; on a shared machine, read the load average printed with the figures.
 
     python benchmarks/bench_attacks.py [--n 1000] [--steps 40] [--restarts 10] [--eps 0.3] [--step-size 0.01]
@@ -37,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from andor_jax import attacks  # noqa: E402
-from common import configure_torch_threads, interleaved_medians, write_json  # noqa: E402
+from common import (configure_torch_threads, fraction_of_peak, interleaved_minimums, machine, matmul_rate,  # noqa: E402
+                    summary_row, write_json)
 
 SIZES = (784, 512, 512, 512, 10)
 
@@ -128,6 +132,14 @@ def torch_pgd(torch, weights, x, y, *, eps, step_size, steps, restarts, seed=0, 
     return broken
 
 
+def attack_flops(n: int, steps: int, restarts: int) -> float:
+    """Matmul FLOPs of the attack with every step run: per example and step a forward pass and the input
+    gradient's backward pass (``2 m n`` each per layer of size m x n), per restart a last forward check,
+    and the clean check."""
+    per_forward = 2 * sum(m * k for m, k in zip(SIZES, SIZES[1:]))
+    return n * (restarts * (steps * 2 * per_forward + per_forward) + per_forward)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="inputs attacked")
@@ -164,10 +176,14 @@ def main(argv=None) -> dict:
                                                                  stop_when_all_broken=stop)
         return run
 
-    runs = {"jax_every_step_vmapped": jax_run(False, None), "jax_stopping_vmapped": jax_run(True, None),
-            "jax_stopping_sequential": jax_run(True, 1),
+    runs = {"jax_every_step_vmapped": jax_run(False, None), "jax_every_step_sequential": jax_run(False, 1),
+            "jax_stopping_vmapped": jax_run(True, None), "jax_stopping_sequential": jax_run(True, 1),
             "torch_every_step_sequential": torch_run(False), "torch_stopping_sequential": torch_run(True)}
-    seconds = interleaved_medians(runs, rounds=args.rounds)
+    start_machine = machine()
+    seconds = interleaved_minimums(runs, rounds=args.rounds)
+    equal_work = min(seconds["jax_every_step_vmapped"], seconds["jax_every_step_sequential"])
+    peak = matmul_rate(args.n, 512, 512)
+    achieved = attack_flops(args.n, args.steps, args.restarts) / equal_work
     figures = {
         "attack": f"PGD L-inf, {args.steps} steps of {args.step_size}, {args.restarts} restarts, eps {args.eps}",
         "model": "ReLU MLP 784-512-512-512-10, " + (f"trained ({args.checkpoint})" if args.checkpoint else
@@ -176,18 +192,31 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_start": start_machine["load_average"],
         "load_average": list(os.getloadavg()),
         **{f"{name}_seconds": value for name, value in seconds.items()},
         "jax_examples_per_second": args.n / seconds["jax_stopping_sequential"],
         "torch_examples_per_second": args.n / seconds["torch_every_step_sequential"],
         "speedup": seconds["torch_every_step_sequential"] / seconds["jax_stopping_sequential"],
-        "speedup_equal_work": seconds["torch_every_step_sequential"] / seconds["jax_every_step_vmapped"],
+        "speedup_equal_work": seconds["torch_every_step_sequential"] / equal_work,
         "speedup_both_stopping": seconds["torch_stopping_sequential"] / seconds["jax_stopping_sequential"],
         **{f"{name}_robust_accuracy": float(1 - np.mean(np.asarray(broken, dtype=float)))
            for name, broken in outcome.items()},
+        "matmul_flops_per_second": peak,
+        "achieved_flops_per_second": achieved,
+        "fraction_of_peak": fraction_of_peak(achieved, peak),
     }
+    figures["summary"] = [
+        summary_row("PGD, equal arithmetic (ReLU MLP)", ours_s=equal_work,
+                    reference_s=seconds["torch_every_step_sequential"], reference="PyTorch eager loop",
+                    primitive=f"matmul ({args.n}x512 @ 512x512)", fraction=figures["fraction_of_peak"]),
+        summary_row("PGD, both stopping once broken (ReLU MLP)", ours_s=seconds["jax_stopping_sequential"],
+                    reference_s=seconds["torch_stopping_sequential"], reference="PyTorch loop, broken.all()",
+                    primitive="matmul", fraction=None),
+    ]
     for name, value in figures.items():
-        print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")
+        if name != "summary":
+            print(f"{name:>26}: {value:.4g}" if isinstance(value, float) else f"{name:>26}: {value}")
     write_json(args.json, figures)
     return figures
 

@@ -4,7 +4,10 @@ one plain forward pass over the same data (the MWD paper estimates IBP at 2-3 fo
     python benchmarks/bench_bounds.py --checkpoint runs/mwd_mnist --data-dir ../shared/data/mnist [--json out.json]
 
 Without ``--checkpoint`` a freshly initialised ``mwd_mnist`` network and uniform random inputs are used.
-Prints the seconds of the full certification (``seconds``), of one forward pass, and their ratio per eps.
+Prints the seconds of the full certification (``seconds``), of one forward pass, and their ratio per eps, and
+``fraction_of_peak``: the MWD max-reductions of the certification (two per (example, out, in) element of
+every MWD layer, for every example propagated) per second over the rate of one such reduction alone
+(``common.max_reduction_rate``).
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from andor_jax import bounds, config as config_lib, data, experiment, models  # noqa: E402
-from andor_jax.config import parse_eps  # noqa: E402
-from common import write_json  # noqa: E402
+from andor_jax.validation import parse_eps_grid  # noqa: E402
+from common import fraction_of_peak, machine, max_reduction_rate, summary_row, write_json  # noqa: E402
 
 
 def load(args):
@@ -44,6 +47,19 @@ def forward_seconds(model, variables, x, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+def mwd_elements(variables) -> int:
+    """(out, in) elements per example of the network's MWD layers (parameters ``u`` and ``w``); each is
+    reduced twice in interval propagation (the box's two ends)."""
+    return sum(layer["u"].size for layer in variables["params"].values() if "u" in layer and "w" in layer)
+
+
+def propagated_examples(accuracy: dict, n: int) -> int:
+    """Examples propagated over the grid: all at the smallest eps, then those still certified (the walk of
+    `andor_jax.bounds.certified_accuracy`)."""
+    fractions = [accuracy[e] for e in sorted(accuracy)]
+    return round(n * (1 + sum(fractions[:-1])))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="work directory of a trained run")
@@ -54,7 +70,8 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model, variables, x, y = load(args)
-    grid = parse_eps(args.eps)
+    start_machine = machine()
+    grid = parse_eps_grid(args.eps)
     bounds.certified_accuracy(model, variables, x[:args.batch_size], y[:args.batch_size], grid[:1],
                               domain=(0.0, 1.0), batch_size=args.batch_size)  # compile once, untimed
     start = time.perf_counter()
@@ -63,12 +80,20 @@ def main():
     seconds = time.perf_counter() - start
     forward = forward_seconds(model, variables, x, args.batch_size)
     per_eps_ratio = seconds / len(grid) / forward
+    reduced = 2 * mwd_elements(variables) * propagated_examples(accuracy, len(x))
+    peak = max_reduction_rate(args.batch_size, 512, 512)
     figures = {"benchmark": "certification", "n": len(x), "eps": grid, "seconds": seconds,
                "forward_seconds": forward, "ratio_per_eps_to_forward": per_eps_ratio,
-               "certified_accuracy": {str(k): v for k, v in accuracy.items()}}
+               "certified_accuracy": {str(k): v for k, v in accuracy.items()},
+               "reduction_elements_per_second": peak, "fraction_of_peak": fraction_of_peak(reduced / seconds, peak),
+               "load_average_start": start_machine["load_average"]}
+    figures["summary"] = [summary_row(f"certification, {len(x)} images x {len(grid)} eps", ours_s=seconds,
+                                      reference_s=None, reference=None, primitive="MWD max-reduction",
+                                      fraction=figures["fraction_of_peak"])]
     print(f"certification of {len(x)} examples at {len(grid)} eps: {seconds:.1f} s")
     print(f"one forward pass over the same data: {forward:.2f} s; ratio per eps: {per_eps_ratio:.2f}x")
     print("certified accuracy:", {k: round(v, 4) for k, v in accuracy.items()})
+    print(f"fraction of the max-reduction rate ({peak:.3g} elements/s): {figures['fraction_of_peak']:.2f}")
     write_json(args.json, figures)
 
 

@@ -17,7 +17,9 @@ Times are medians over ``--steps`` steps after ``--warmup`` steps.  Memory: XLA'
 one step (``memory_analysis().temp_size_in_bytes``) for the JAX variants, and the rise of the child
 process's peak RSS during its first step for PyTorch (Linux only: the peak is reset through
 ``/proc/self/clear_refs``).  ``--json PATH`` writes the figures, with
-``speedup`` = PyTorch time / fused time.  Nothing is asserted: on a shared machine, read the load average
+``speedup`` = PyTorch time / fused time, and ``fraction_of_peak`` = the step's exponentials (one per
+(batch, out, in) element of the backward pass) per second over the machine's exp rate measured alone
+(``common.exp_rate``); ``exp_bound_seconds`` is the step's floor at that rate.  Nothing is asserted: on a shared machine, read the load average
 printed with the figures.
 
     python benchmarks/bench_mwd.py [--steps 7] [--warmup 2] [--batch 100] [--json PATH] [--no-torch]
@@ -31,6 +33,8 @@ import os
 import statistics
 import time
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +43,9 @@ import optax
 from andor_jax.layers.mwd import U_CLIP, W_CLIP, mwd_composed
 from andor_jax.models import Sequential, project
 from andor_jax.models.mwd import get_model as mwd_network
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import exp_rate, fraction_of_peak, summary_row  # noqa: E402
 
 HIDDEN, NUM_CLASSES, KINDS = (512, 512, 512), 10, ("u", "neg", "u", "neg")
 IN_FEATURES = 784
@@ -215,6 +222,13 @@ def bench_torch_in_child(params: dict, x, targets, steps: int, warmup: int) -> d
 # ------------------------------------------------------------------------------------------------ main
 
 
+def step_exponentials(batch: int) -> int:
+    """Exponentials of one pseudo-gradient step: one per (batch, out, in) element in the backward pass (the
+    shared-feedback weights ``exp(z_i - max z)``); the forward pass's (batch, out) ones are negligible."""
+    widths = (IN_FEATURES, *HIDDEN, NUM_CLASSES)
+    return batch * sum(m * n for m, n in zip(widths, widths[1:]))
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=7, help="timed steps per variant (median reported)")
@@ -239,7 +253,16 @@ def main(argv=None) -> dict:
         figures["speedup"] = figures["torch"]["seconds"] / figures["fused"]["seconds"]
         figures["naive_speedup"] = figures["torch"]["seconds"] / figures["naive"]["seconds"]
     figures["fused_vs_naive"] = figures["naive"]["seconds"] / figures["fused"]["seconds"]
+    exponentials = step_exponentials(args.batch)
+    figures["exp_per_second"] = exp_rate(exponentials)
+    figures["exp_bound_seconds"] = exponentials / figures["exp_per_second"]
+    figures["fraction_of_peak"] = fraction_of_peak(exponentials / figures["fused"]["seconds"], figures["exp_per_second"])
     figures["load_average_after"] = os.getloadavg()
+    figures["summary"] = [summary_row(f"MWD training step (batch {args.batch})", ours_s=figures["fused"]["seconds"],
+                                      reference_s=figures["torch"]["seconds"] if "torch" in figures else None,
+                                      reference="PyTorch eager" if "torch" in figures else None,
+                                      primitive=f"exp ({exponentials:,} per step)",
+                                      fraction=figures["fraction_of_peak"])]
 
     mib = 2**20
     print(f"MWD training step, {figures['network']}, batch {args.batch}, {os.cpu_count()} CPUs "
@@ -255,6 +278,8 @@ def main(argv=None) -> dict:
               f"   first loss {t['first_loss']:.6f}   ({t['threads']} threads, torch {t['version']})")
         print(f"  speedup torch/fused {figures['speedup']:.1f}x, torch/naive {figures['naive_speedup']:.1f}x")
     print(f"  naive/fused {figures['fused_vs_naive']:.1f}x")
+    print(f"  exp-bound floor {1e3 * figures['exp_bound_seconds']:.1f} ms ({figures['exp_per_second']:.3g} exp/s); "
+          f"fraction of peak {figures['fraction_of_peak']:.2f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)

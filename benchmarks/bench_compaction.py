@@ -10,7 +10,7 @@ and compacted (the registered default), checks that both give the same verdict, 
 interleaved rounds after one warm-up run each (compilation excluded); nothing is asserted.
 
     python benchmarks/bench_compaction.py --checkpoint runs/mwd [--data-dir DIR] [--n 500] [--eps 0.3]
-        [--attacks "square,apgd-dlr[psd]"] [--rounds 1] [--json PATH]
+        [--attacks "square,apgd-dlr[psd],pgd[psd]"] [--rounds 1] [--json PATH]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from andor_jax import experiment as experiment_lib  # noqa: E402
 from andor_jax import models  # noqa: E402
 from andor_jax.attacks import registry  # noqa: E402
 from andor_jax.evaluators.robustness import split_label  # noqa: E402
-from common import interleaved_medians, write_json  # noqa: E402
+from common import interleaved_medians, summary_row, write_json  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -36,8 +36,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", default=None, help="directory with the MNIST IDX files")
     parser.add_argument("--n", type=int, default=500, help="test images attacked (one batch)")
     parser.add_argument("--eps", type=float, default=0.3)
-    parser.add_argument("--attacks", default="square,apgd-dlr[psd]",
-                        help="attacks that compact (square, apgd-ce, apgd-dlr); NAME[psd] differentiates the "
+    parser.add_argument("--attacks", default="square,apgd-dlr[psd],pgd[psd]",
+                        help="attacks that compact (square, apgd-ce, apgd-dlr, pgd, ...); NAME[psd] differentiates the "
                              "pseudo-gradient")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved timed rounds")
     parser.add_argument("--json", default=None, help="write the figures to this path")
@@ -81,6 +81,9 @@ def main(argv=None) -> dict:
         print(f"{label:16s} whole batch {times['whole']:8.2f} s   compacted {times['compacted']:8.2f} s   "
               f"speedup {times['whole'] / times['compacted']:5.2f}x   accuracy under attack "
               f"{100 * np.mean(~outcomes['compacted']):.2f}%   same verdict: {same}")
+    figures["summary"] = [summary_row(f"{label} compacted ({args.n} images, eps {args.eps})", ours_s=row["compacted_s"],
+                                      reference_s=row["whole_s"], reference="our whole batch", primitive="n/a",
+                                      fraction=None) for label, row in figures["attacks"].items()]
     print(f"load average {figures['load_average']}")
     write_json(args.json, figures)
     return figures

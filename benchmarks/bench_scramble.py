@@ -4,7 +4,9 @@ the same run: the AND/OR LeNet, batch 200, random 28x28x1 inputs in [-1, 1], SGD
 
     python benchmarks/bench_scramble.py [--scrambles 8] [--sds-size 0] [--repeats 10] [--json out.json]
 
-Prints both step times and ``overhead`` = loss2 step time / plain step time (goal: at most 3).
+Prints both step times and ``overhead`` = loss2 step time / plain step time (goal: at most 3), and
+``fraction_of_peak``: the loss2 step's FLOPs (XLA's cost analysis) per second over the rate of one
+(200, 512) @ (512, 512) product measured in the same run.
 ``--sds-size`` is the number of examples per scrambled dataset (0: batch / scrambles, the default).
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ml_collections  # noqa: E402
 
 from andor_jax import config as config_lib, models, objectives, train  # noqa: E402
 from andor_jax.objectives.andor import default_settings  # noqa: E402
-from common import median_seconds, write_json  # noqa: E402
+from common import compiled_flops, fraction_of_peak, matmul_rate, median_seconds, summary_row, write_json  # noqa: E402
 
 BATCH = 200
 
@@ -36,8 +38,8 @@ def train_config(objective: str, scrambles: int, sds_size: int) -> ml_collection
     return config
 
 
-def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median seconds of one step) of the jitted training step."""
+def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float, float]:
+    """(compile seconds, median seconds of one step, FLOPs of one step) of the jitted training step."""
     optimizer = train.make_optimizer(config)
     projection = lambda params, step: models.project(model, params)  # noqa: E731
     objective = objectives.get_objective(model, config)
@@ -52,7 +54,7 @@ def step_seconds(model, config, x, y, repeats: int) -> tuple[float, float]:
         state, metrics = compiled(state, x, y)
         jax.block_until_ready(state.params)
 
-    return compile_seconds, median_seconds(run, repeats=repeats, warmup=2)
+    return compile_seconds, median_seconds(run, repeats=repeats, warmup=2), compiled_flops(compiled)
 
 
 def main() -> None:
@@ -68,14 +70,19 @@ def main() -> None:
     kx, ky = jax.random.split(jax.random.PRNGKey(0))
     x = jax.random.uniform(kx, (BATCH, 28, 28, 1), minval=-1.0, maxval=1.0)
     y = jax.random.randint(ky, (BATCH,), 0, 10)
-    plain_compile, plain = step_seconds(model, train_config("supervised", args.scrambles, args.sds_size), x, y,
+    plain_compile, plain, _ = step_seconds(model, train_config("supervised", args.scrambles, args.sds_size), x, y,
                                         args.repeats)
-    andor_compile, andor = step_seconds(model, train_config("andor", args.scrambles, args.sds_size), x, y,
+    andor_compile, andor, andor_flops = step_seconds(model, train_config("andor", args.scrambles, args.sds_size), x, y,
                                         args.repeats)
     figures = {"batch": BATCH, "scrambles": args.scrambles, "sds_size": args.sds_size or BATCH // args.scrambles,
                "plain_step_seconds": plain, "loss2_step_seconds": andor, "overhead": andor / plain,
                "plain_compile_seconds": plain_compile, "loss2_compile_seconds": andor_compile,
-               "backend": jax.default_backend(), "cpu_count": os.cpu_count()}
+               "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+               "matmul_flops_per_second": matmul_rate(BATCH, 512, 512), "load_average": list(os.getloadavg())}
+    figures["fraction_of_peak"] = fraction_of_peak(andor_flops / andor, figures["matmul_flops_per_second"])
+    figures["summary"] = [summary_row("AND/OR LeNet step with loss2 (type B) vs plain CE step", ours_s=andor,
+                                      reference_s=plain, reference="our plain CE step",
+                                      primitive=f"matmul ({BATCH}x512 @ 512x512)", fraction=figures["fraction_of_peak"])]
     print(f"plain cross-entropy step: {plain * 1e3:8.1f} ms   (compile {plain_compile:.1f} s)")
     print(f"cross-entropy + loss2:    {andor * 1e3:8.1f} ms   (compile {andor_compile:.1f} s; type B, "
           f"{args.scrambles} scrambles of {args.sds_size or BATCH // args.scrambles} examples)")

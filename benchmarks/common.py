@@ -122,6 +122,11 @@ def max_reduction_rate(batch: int, out: int, inputs: int, *, repeats: int = 5) -
     return batch * out * inputs / _best_seconds(reduce, x, u, w, repeats=repeats)
 
 
+def compiled_flops(compiled) -> float:
+    """FLOPs of one call of a compiled program, by XLA's cost analysis (a loop's body is counted once)."""
+    return float(compiled.cost_analysis()["flops"])
+
+
 def fraction_of_peak(achieved_rate: float, peak_rate: float) -> float:
     """``achieved_rate / peak_rate``: how much of the primitive's own rate the benchmark reaches."""
     return achieved_rate / peak_rate

@@ -90,7 +90,18 @@ def test_settings_from_flags_and_environment():
             distributed.settings_from(*args, environ={})
 
 
-def test_share_gathers_each_chunk_from_its_owner():
+def test_partial_flags_are_a_one_line_error_before_anything_is_done(tmp_path, capsys, monkeypatch):
+    from andor_jax import cli
+
+    for variable in distributed.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    workdir = tmp_path / "never"
+    code = cli.main(["train", "--config", "quickstart:small", "--workdir", str(workdir), "--coordinator", "127.0.0.1:1"])
+    assert code == 2 and "missing: --num-processes, --process-id" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_share_owns_every_count_th_chunk():
     share = distributed.Share(1, 3)
     assert [c for c in range(7) if share.owns(c)] == [1, 4]
     assert share.progress_path("out/report_progress.npz").name == "report_progress.1of3.npz"

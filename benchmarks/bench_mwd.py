@@ -256,7 +256,8 @@ def main(argv=None) -> dict:
     exponentials = step_exponentials(args.batch)
     figures["exp_per_second"] = exp_rate(exponentials)
     figures["exp_bound_seconds"] = exponentials / figures["exp_per_second"]
-    figures["fraction_of_peak"] = fraction_of_peak(exponentials / figures["fused"]["seconds"], figures["exp_per_second"])
+    figures["fraction_of_peak"] = fraction_of_peak(exponentials / figures["fused"]["seconds"],
+                                                   figures["exp_per_second"])
     figures["load_average_after"] = os.getloadavg()
     figures["summary"] = [summary_row(f"MWD training step (batch {args.batch})", ours_s=figures["fused"]["seconds"],
                                       reference_s=figures["torch"]["seconds"] if "torch" in figures else None,

@@ -82,7 +82,8 @@ def main() -> None:
     figures["fraction_of_peak"] = fraction_of_peak(andor_flops / andor, figures["matmul_flops_per_second"])
     figures["summary"] = [summary_row("AND/OR LeNet step with loss2 (type B) vs plain CE step", ours_s=andor,
                                       reference_s=plain, reference="our plain CE step",
-                                      primitive=f"matmul ({BATCH}x512 @ 512x512)", fraction=figures["fraction_of_peak"])]
+                                      primitive=f"matmul ({BATCH}x512 @ 512x512)",
+                                      fraction=figures["fraction_of_peak"])]
     print(f"plain cross-entropy step: {plain * 1e3:8.1f} ms   (compile {plain_compile:.1f} s)")
     print(f"cross-entropy + loss2:    {andor * 1e3:8.1f} ms   (compile {andor_compile:.1f} s; type B, "
           f"{args.scrambles} scrambles of {args.sds_size or BATCH // args.scrambles} examples)")

@@ -92,7 +92,8 @@ def main():
                "load_average_start": start_machine["load_average"]}
     figures["summary"] = [summary_row(f"ReLU MLP training step (batch {BATCH})", ours_s=ours / args.steps,
                                       reference_s=reference / args.steps, reference="PyTorch eager",
-                                      primitive=f"matmul ({BATCH}x512 @ 512x512)", fraction=figures["fraction_of_peak"])]
+                                      primitive=f"matmul ({BATCH}x512 @ 512x512)",
+                                      fraction=figures["fraction_of_peak"])]
     print(f"andor_jax : {figures['andor_jax_examples_per_s']:10.0f} examples/s ({ours / args.steps * 1e3:.2f} ms/step)")
     print(f"PyTorch   : {figures['pytorch_examples_per_s']:10.0f} examples/s ({reference / args.steps * 1e3:.2f} ms/step)")
     print(f"speedup (PyTorch time / andor_jax time): {figures['speedup']:.2f}x")

@@ -9,10 +9,10 @@ every benchmark also measures, in the same run, the rate of its dominant primiti
 - `exp_rate`: exponentials per second of ``sum(exp(v))`` over as many elements as the benchmark evaluates;
 - `max_reduction_rate`: elements per second of the MWD unit's fused max-reduction (interval propagation);
 
-and reports ``fraction_of_peak`` = the benchmark's achieved rate of that primitive (its FLOPs, or its
-exponentials, or reduced elements, per second of wall time) / the primitive's rate alone.  1 means that the benchmark runs at
-the speed of its primitive with nothing else to do; the rest is everything else (elementwise work, memory
-traffic, loop overhead).
+and reports ``fraction_of_peak`` = the benchmark's achieved rate of that primitive (its FLOPs, exponentials
+or reduced elements per second of wall time) / the primitive's rate alone.  1 means that the benchmark runs
+at the speed of its primitive with nothing else to do; the rest is everything else (elementwise work,
+memory traffic, loop overhead).
 """
 from __future__ import annotations
 

@@ -123,7 +123,8 @@ def markdown(results: list[dict], info: dict, full: bool) -> str:
             ratio = number(row.get("ratio"), "x")
             if row.get("ratio_loaded") is not None:
                 ratio = f"({number(row['ratio_loaded'], 'x')}, loaded: not a figure)"
-            reference = "none" if row["reference_s"] is None else f"{row['reference']}: {number(row['reference_s'], ' s')}"
+            reference = ("none" if row["reference_s"] is None
+                         else f"{row['reference']}: {number(row['reference_s'], ' s')}")
             fraction = ("n/a" if row["fraction_of_peak"] is None else
                         f"{number(row['fraction_of_peak'], digits=2)} of {row['primitive']}")
             lines.append(f"| {row['benchmark']} | {number(row['ours_s'], ' s')} | {reference} | {ratio} | "

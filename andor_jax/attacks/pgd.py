@@ -173,7 +173,8 @@ def finish_group(static: Static, traced: Traced, x, y, target, state: GroupState
         logits = static.oracle.logits(x_t, key)
         return common.misclassified(logits, y), loss_fn(logits, y)
 
-    misclassified, losses = _over_restarts(one_restart, (1, 0))(state.x_t, jax.random.split(jax.random.fold_in(traced.final_key, group), static.parallel_restarts))
+    final_keys = jax.random.split(jax.random.fold_in(traced.final_key, group), static.parallel_restarts)
+    misclassified, losses = _over_restarts(one_restart, (1, 0))(state.x_t, final_keys)
     broken, first_restart = _record(state, misclassified)
     choice = jnp.where(broken, first_restart, jnp.argmax(losses, axis=1))
     x_group = jnp.take_along_axis(state.x_t, choice.reshape((-1, 1) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
@@ -229,9 +230,9 @@ def pgd(logits_fn: LogitsFn | Oracle, x: jax.Array, y: jax.Array, key: jax.Array
       target: (batch,) classes to aim at with the targeted form of ``loss``
         (`andor_jax.attacks.losses.TARGETED_LOSSES`; PGD-T, `andor_jax.attacks.targeted`); None: untargeted.
       compact_every: steps between two compactions of the batch within a group (broken inputs leave it,
-        `andor_jax.attacks.compaction`); None keeps the whole batch throughout (every group runs on
-        it).  Inside a caller's ``jax.jit`` the batch is never compacted.  For a deterministic model the verdict and the points are the same
-        either way.
+        `andor_jax.attacks.compaction`); None keeps the whole batch throughout (every group runs on it).
+        Inside a caller's ``jax.jit`` the batch is never compacted.  For a deterministic model the verdict
+        and the points are the same either way.
 
     Returns:
       An `AttackResult`.

@@ -87,7 +87,9 @@ def main() -> None:
     print(f"plain cross-entropy step: {plain * 1e3:8.1f} ms   (compile {plain_compile:.1f} s)")
     print(f"cross-entropy + loss2:    {andor * 1e3:8.1f} ms   (compile {andor_compile:.1f} s; type B, "
           f"{args.scrambles} scrambles of {args.sds_size or BATCH // args.scrambles} examples)")
-    print(f"overhead (loss2 step / plain step): {andor / plain:.2f}x   (goal: at most 3x)")
+    print(f"overhead (loss2 step / plain step): {andor / plain:.2f}x   (goal: at most 3x); loss2 step at "
+          f"{figures['fraction_of_peak']:.2f} of the matmul rate "
+          f"({figures['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s)")
     write_json(args.json, figures)
 
 

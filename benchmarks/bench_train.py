@@ -96,7 +96,8 @@ def main():
                                       fraction=figures["fraction_of_peak"])]
     print(f"andor_jax : {figures['andor_jax_examples_per_s']:10.0f} examples/s ({ours / args.steps * 1e3:.2f} ms/step)")
     print(f"PyTorch   : {figures['pytorch_examples_per_s']:10.0f} examples/s ({reference / args.steps * 1e3:.2f} ms/step)")
-    print(f"speedup (PyTorch time / andor_jax time): {figures['speedup']:.2f}x")
+    print(f"speedup (PyTorch time / andor_jax time): {figures['speedup']:.2f}x; fraction of the matmul rate "
+          f"({peak / 1e9:.1f} GFLOP/s): {figures['fraction_of_peak']:.2f}")
     write_json(args.json, figures)
 
 

@@ -176,7 +176,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             node = node[part]
         if leaf not in node:
             raise ValueError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
-        value = parse_list(text) if isinstance(node[leaf], list) else parse_value(text)
+        try:
+            value = parse_list(text) if isinstance(node[leaf], list) else parse_value(text)
+        except validation.InvalidInput as err:
+            raise validation.InvalidInput(f"config key {key}: {err}") from None
         try:
             node[leaf] = value
         except TypeError as err:

@@ -2,6 +2,7 @@
 temporary working directory, under a time limit per notebook (CI: ``python -m pytest notebooks``).  A cell
 that raises fails the notebook's test; so does a notebook stored with outputs (strip them before
 committing: ``python -m pytest notebooks`` says which)."""
+import os
 import pathlib
 import time
 
@@ -21,7 +22,9 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     assert not stored, f"{path.name}: cells {stored} hold stored outputs; strip them before committing"
     client = NotebookClient(notebook, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     deadline = time.monotonic() + TIME_LIMIT_S
-    with client.setup_kernel():
+    # as a user runs it: the devices JAX finds, not the virtual CPU devices CI forces for the test suite
+    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+    with client.setup_kernel(env=env):
         for index, cell in enumerate(notebook.cells):
             client.timeout = max(1, int(deadline - time.monotonic()))  # what is left of the notebook's limit
             client.execute_cell(cell, index)

@@ -294,3 +294,21 @@ def test_rho_reaches_mwd_layers_inside_a_concat_branch():
     for rho, grads in ((1.0, pseudo), (0.0, true)):
         assert_close(jax.tree.leaves(grads), jax.tree.leaves(
             jax.grad(by_hand)(variables["params"]["layers_0"]["branches_1_0"], rho)))
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 1.0])
+def test_a_constant_rho_compiles_only_its_backward_and_equals_the_traced_switch(rho):
+    """A mix known when tracing selects its backward pass statically (no conditional in the program, so
+    no data-parallel all-reduce inside one); its gradients are those of the same rho passed traced."""
+    rng = np.random.default_rng(0)
+    x, u, w = (jnp.asarray(rng.uniform(0.0, 1.0, shape), jnp.float32) for shape in ((5, 6), (4, 6), (4, 6)))
+
+    def loss(x, u, w, rho):
+        return jnp.sum(jnp.sin(mwd_unit(x, u, w, rho)))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))
+    constant = jax.make_jaxpr(lambda x, u, w: grads(x, u, w, rho))(x, u, w)
+    traced = jax.make_jaxpr(grads)(x, u, w, jnp.float32(rho))
+    assert "cond" not in str(constant) and "cond" in str(traced)
+    for a, b in zip(grads(x, u, w, rho), jax.jit(grads)(x, u, w, jnp.float32(rho))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -135,13 +135,28 @@ def chunked_gradients(weights_fn, x, u, w, m, dm, chunk_elements: int):
     return dx.T, du.T, -u * h_sum.T
 
 
-def mwd_backward(x, u, w, m, rho, g, chunk_elements: int):
+GRADIENT_BRANCHES = ("true", "mixed", "pseudo")
+
+
+def gradient_branch(rho) -> int | None:
+    """The index into `GRADIENT_BRANCHES` of a ``rho`` known when tracing (None, a Python or NumPy
+    number): 0 for ``rho <= 0``, 2 for ``rho >= 1``, 1 between; None for a traced ``rho`` (a schedule)."""
+    if isinstance(rho, jax.core.Tracer):
+        return None
+    value = 0.0 if rho is None else float(rho)
+    return 2 if value >= 1 else (1 if value > 0 else 0)
+
+
+def mwd_backward(x, u, w, m, rho, g, chunk_elements: int, branch: int | None = None):
     """Cotangents of ``(x, u, w)`` for ``y = exp(-m)``, ``m = max_i (u_i (x_i - w_i))^2``, given ``g = dL/dy``.
 
     ``dL/dm = g (rho (-1 / sqrt(1 + m)) + (1 - rho) (-y))`` and ``dm/dz_i = rho exp(z_i - m) + (1 - rho)
-    [z_i = m] / #ties``: the chain rule through `andor_jax.pseudograd`'s two primitives.  A `lax.switch`
-    on ``rho`` skips the part with weight zero: the pure pseudo-gradient (``rho = 1``) needs no tie count,
-    the true gradient (``rho = 0``) no exponentials.
+    [z_i = m] / #ties``: the chain rule through `andor_jax.pseudograd`'s two primitives.  Only the part
+    with non-zero weight is computed: the pure pseudo-gradient (``rho = 1``) needs no tie count, the true
+    gradient (``rho = 0``) no exponentials.  ``branch`` (`gradient_branch`) picks it when ``rho`` was known
+    at trace time (a constant mix, the common case); otherwise a `lax.switch` on the traced ``rho`` does.
+    The static choice also keeps the data-parallel gradient all-reduces out of a conditional: with
+    several CPU devices, XLA:CPU's all-reduces inside a `lax.switch` branch were seen to deadlock.
     """
     dm = g * pseudo_exp_derivative(m, jnp.exp(-m), rho)
 
@@ -159,8 +174,10 @@ def mwd_backward(x, u, w, m, rho, g, chunk_elements: int):
     def pseudo_grads():
         return gradients(lambda z, zmax: jnp.exp(z - zmax))
 
-    branch = jnp.where(rho >= 1, 2, jnp.where(rho > 0, 1, 0))
-    return lax.switch(branch, (true_grads, mixed_grads, pseudo_grads))
+    branches = (true_grads, mixed_grads, pseudo_grads)
+    if branch is not None:
+        return branches[branch]()
+    return lax.switch(jnp.where(rho >= 1, 2, jnp.where(rho > 0, 1, 0)), branches)
 
 
 def kept_apart_at_small_batches(y: jax.Array) -> jax.Array:
@@ -177,19 +194,19 @@ def kept_apart_at_small_batches(y: jax.Array) -> jax.Array:
     return lax.reduce_precision(y, exponent_bits=8, mantissa_bits=23)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _mwd_unit(x, u, w, rho, chunk_elements):
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _mwd_unit(x, u, w, rho, chunk_elements, branch):
     return kept_apart_at_small_batches(jnp.exp(-max_square_distance(x, u, w)))
 
 
-def _mwd_unit_fwd(x, u, w, rho, chunk_elements):
+def _mwd_unit_fwd(x, u, w, rho, chunk_elements, branch):
     m = max_square_distance(x, u, w)
     return kept_apart_at_small_batches(jnp.exp(-m)), (x, u, w, m, rho)
 
 
-def _mwd_unit_bwd(chunk_elements, residuals, g):
+def _mwd_unit_bwd(chunk_elements, branch, residuals, g):
     x, u, w, m, rho = residuals
-    return (*mwd_backward(x, u, w, m, rho, g, chunk_elements), jnp.zeros_like(rho))
+    return (*mwd_backward(x, u, w, m, rho, g, chunk_elements, branch), jnp.zeros_like(rho))
 
 
 _mwd_unit.defvjp(_mwd_unit_fwd, _mwd_unit_bwd)
@@ -206,7 +223,8 @@ def mwd_unit(x: jax.Array, u: jax.Array, w: jax.Array, rho=None, chunk_elements:
     Args:
       x: inputs (..., in).
       u, w: scales and centres, (out, in).
-      rho: scalar pseudo-gradient mixing in [0, 1] (traced; changing it recompiles nothing).
+      rho: scalar pseudo-gradient mixing in [0, 1]; a traced ``rho`` (a schedule) changes without
+        recompiling, a constant one compiles only the backward pass it selects (`mwd_backward`).
       chunk_elements: size of the backward pass's temporaries in elements (static); None picks
         `default_chunk_elements` (cache-sized on the CPU).
     Returns:
@@ -216,7 +234,8 @@ def mwd_unit(x: jax.Array, u: jax.Array, w: jax.Array, rho=None, chunk_elements:
         raise ValueError(f"MWD units need x (..., in) and u, w (out, in); got x {x.shape}, u {u.shape}, "
                          f"w {w.shape}")
     flat = x.reshape(-1, x.shape[-1])
-    y = _mwd_unit(flat, u, w, as_rho(rho, x.dtype), chunk_elements or default_chunk_elements())
+    y = _mwd_unit(flat, u, w, as_rho(rho, x.dtype), chunk_elements or default_chunk_elements(),
+                  gradient_branch(rho))
     return y.reshape(*x.shape[:-1], u.shape[0])
 
 

@@ -22,7 +22,7 @@ from andor_jax.layers.standard import Activation, BatchNorm, Dense, Flatten, Max
 from andor_jax.models import Sequential
 from andor_jax.objectives import andor
 from andor_jax.objectives.supervised import supervised_objective
-from conftest import synthetic_digits
+from conftest import optimised, synthetic_digits
 
 def norms(kernel):
     """(P, N) per neuron (last axis)."""
@@ -366,7 +366,8 @@ def lenet_run():
     optimizer = train.make_optimizer(config.train)
     projection = lambda p, step: models.project(model, p)  # noqa: E731
     state = train.init_state(model, optimizer, objective, x[:1], 0, projection)
-    step = jax.jit(train.make_train_step(optimizer, objective, projection=projection))
+    step = optimised(jax.jit(train.make_train_step(optimizer, objective, projection=projection)),
+                     state, x[:BATCH], y[:BATCH])
     history = []
     for i in range(STEPS):
         start = (i * BATCH) % TRAIN

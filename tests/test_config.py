@@ -111,8 +111,15 @@ def test_one_real_step_of_every_kind_of_bundled_config(spec):
     assert any(changed), f"{spec}: one step changed no parameter"
 
 
+def test_every_bundled_config_has_a_small_variant():
+    for name in config_lib.bundled_configs():
+        small = config_lib.load_config(f"{name}:small")
+        assert small.train.epochs <= 2 and 0 < small.data.limit_train <= 1000, name
+
+
 def test_bundled_variants_are_small():
-    for name in ("quickstart", "relu_mlp_mnist", "mwd_small_mnist", "mwd_mnist"):
+    for name in ("quickstart", "relu_mlp_mnist", "sigmoid_mlp_mnist", "mwd_small_mnist", "mwd_mnist",
+                 "mwd_mnist_true_gradient"):
         assert "small" in config_lib.variants(name)
         small, full = config_lib.load_config(f"{name}:small"), config_lib.load_config(name)
         assert max(small.model.hidden) <= 32 < max(full.model.hidden)

@@ -1,15 +1,27 @@
-"""Shared fixtures.  Four virtual CPU devices are forced (unless the caller chose otherwise) so that the
-data-parallel path is exercised, and XLA compiles without its expensive optimisation passes (the suite's
-models are tiny, so compiling, not running, is most of its time: about 4x less for the CARSO tests); both
-must happen before JAX is imported."""
+"""Shared fixtures.  Before JAX is imported: four virtual CPU devices are forced (unless the caller chose
+otherwise) so that the data-parallel path is exercised; XLA compiles without its expensive optimisation
+passes (the suite's models are tiny, so compiling, not running, is most of its time: about 4x less for the
+CARSO tests; `optimised` restores them for the few tests that run a step many times); and one persistent
+compilation cache serves the whole run (both xdist workers and the command-line subprocesses inherit the
+directory, so a program compiled by one test is loaded by the next; about a third less CPU time), removed
+when the process that created it exits."""
+import atexit
 import gzip
 import os
+import shutil
 import struct
+import tempfile
+import uuid
 
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ["XLA_FLAGS"] = " ".join([os.environ["XLA_FLAGS"], *(flag for flag in FAST_COMPILE_FLAGS
                                                                 if flag.split("=")[0] not in os.environ["XLA_FLAGS"])])
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"andor_jax_tests_{uuid.uuid4().hex}")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

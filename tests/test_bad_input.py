@@ -282,7 +282,7 @@ def test_moved_training_data_is_accepted_and_evaluate_overrides_are_applied(caps
     moved = shutil.copytree(record["directory"], tmp_path / "moved")
     (workdir / "data.json").write_text(json.dumps({**record, "directory": str(tmp_path / "gone")}))
     assert cli.main(["evaluate", "--workdir", str(workdir), "--data-dir", str(moved), "--attacks", "fgsm", "--eps",
-                     "0.1", "--config.evaluate.limit=7", "--no-progress"]) == 0
+                     "0.1", "--config.evaluate.limit=7", "--no-progress", "--no-convergence-check"]) == 0
     report = json.loads((workdir / "report.json").read_text())
     assert [section["examples"]["count"] for section in report["example_sets"].values()] == [7]
 
@@ -361,7 +361,7 @@ def test_read_only_work_directory(capsys, trained, tmp_path, synthetic_mnist_dir
 def test_sigterm_during_evaluate_says_how_to_resume_and_the_resumed_run_says_from_where(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
     argv = ["evaluate", "--workdir", workdir, "--attacks", "pgd", "--eps", "0.1,0.3", "--limit", "150",
-            "--config.evaluate.batch_size=10", "--no-progress"]
+            "--config.evaluate.batch_size=10", "--no-progress", "--no-convergence-check"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     process = subprocess.Popen([sys.executable, "-m", "andor_jax.cli", *map(str, argv)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)

@@ -35,6 +35,41 @@ def optimised(jitted, *example_args):
     return jitted.lower(*example_args).compile(FULLY_OPTIMISED)
 
 
+def trained_blob_mlp(classes: int, count: int, spread: float, centres_in: tuple[float, float], dim: int = 16):
+    """``(logits_fn, x, y)``: a ``dim``-32-``classes`` tanh MLP trained by 150 Adam steps (lr 0.02) on ``count``
+    points of ``classes`` Gaussian blobs (standard deviation ``spread``, centres uniform in ``centres_in``),
+    clipped to [0, 1]^dim; a small model attacks can be compared on."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def mlp(params, x):
+        (kernel, bias), (out_kernel, out_bias) = params
+        return jnp.tanh(x @ kernel + bias) @ out_kernel + out_bias
+
+    centres = jax.random.uniform(jax.random.PRNGKey(10), (classes, dim), minval=centres_in[0], maxval=centres_in[1])
+    y = jnp.arange(count) % classes
+    x = jnp.clip(centres[y] + spread * jax.random.normal(jax.random.PRNGKey(11), (count, dim)), 0.0, 1.0)
+    keys = jax.random.split(jax.random.PRNGKey(12))
+    params = ((jax.random.normal(keys[0], (dim, 32)) / 4, jnp.zeros(32)),
+              (jax.random.normal(keys[1], (32, classes)) / 6, jnp.zeros(classes)))
+    optimiser = optax.adam(0.02)
+
+    @jax.jit
+    def train(params):
+        def step(_, carry):
+            params, state = carry
+            grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(mlp(p, x), y).mean())(params)
+            updates, state = optimiser.update(grads, state)
+            return optax.apply_updates(params, updates), state
+
+        return jax.lax.fori_loop(0, 150, step, (params, optimiser.init(params)))[0]
+
+    return jax.jit(functools.partial(mlp, train(params))), x, y
+
+
 def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """28x28 uint8 images whose class is written as a bright 7x7 block at one of 10 places, plus noise:
     learnable in a few steps, so tests can check that training and attacks do something real."""

@@ -6,19 +6,18 @@ settings: most attacks compile once for the whole file (eps and the domain are t
 """
 from __future__ import annotations
 
-import functools
 import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from andor_jax import attacks
 from andor_jax.attacks import common, compaction, losses, oracle
+from conftest import trained_blob_mlp
 
 # the package exports the attack functions under their modules' names, so reach the modules explicitly
 apgd_module = importlib.import_module("andor_jax.attacks.apgd")
@@ -229,11 +228,6 @@ def test_eot_attack_on_a_randomised_model_stays_in_the_ball():
 # ---------------------------------------------------------------------------------------------------------
 # A small trained network: iterative attacks dominate FGSM.
 
-def _mlp(params, x):
-    (kernel, bias), (out_kernel, out_bias) = params
-    return jnp.tanh(x @ kernel + bias) @ out_kernel + out_bias
-
-
 TRAINED_EPS = 0.08
 TRAINED_RUNS = {  # label: (attack, overrides)
     "fgsm": ("fgsm", {}),
@@ -246,25 +240,7 @@ TRAINED_RUNS = {  # label: (attack, overrides)
 def trained_net():
     """A 16-32-3 tanh MLP trained with Adam on three separable blobs in [0, 1]^16, and the results of
     `TRAINED_RUNS` on 60 of its training points."""
-    centres = jax.random.uniform(jax.random.PRNGKey(10), (3, DIM), minval=0.3, maxval=0.7)
-    y = jnp.arange(300) % 3
-    x = jnp.clip(centres[y] + 0.08 * jax.random.normal(jax.random.PRNGKey(11), (300, DIM)), 0.0, 1.0)
-    keys = jax.random.split(jax.random.PRNGKey(12))
-    params = ((jax.random.normal(keys[0], (DIM, 32)) / 4, jnp.zeros(32)),
-              (jax.random.normal(keys[1], (32, 3)) / 6, jnp.zeros(3)))
-    optimiser = optax.adam(0.02)
-
-    @jax.jit
-    def train(params):
-        def step(_, carry):
-            params, state = carry
-            grads = jax.grad(lambda p: losses.cross_entropy(_mlp(p, x), y).mean())(params)
-            updates, state = optimiser.update(grads, state)
-            return optax.apply_updates(params, updates), state
-
-        return jax.lax.fori_loop(0, 150, step, (params, optimiser.init(params)))[0]
-
-    fn = functools.partial(_mlp, train(params))
+    fn, x, y = trained_blob_mlp(3, 300, 0.08, (0.3, 0.7), DIM)
     assert float(jnp.mean(jnp.argmax(fn(x), -1) == y)) > 0.95
     x, y = x[:60], y[:60]
     results = {label: attacks.run_attack(name, fn, x, y, jax.random.PRNGKey(0), TRAINED_EPS, (0.0, 1.0), **overrides)

@@ -3,18 +3,17 @@
 check: against hand computations on linear models and against the untargeted attacks on a small trained net."""
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from andor_jax import attacks
 from andor_jax import report as report_lib
 from andor_jax.attacks import AttackResult, AttackSpec, common, fab, losses, registry, suites
 from andor_jax.evaluators import robustness
+from conftest import trained_blob_mlp
 
 DIM, CLASSES = 16, 4
 
@@ -39,29 +38,7 @@ def _interior(n=6, seed=1):
 def trained_net():
     """A 16-32-4 tanh MLP trained with Adam on four overlapping blobs in [0, 1]^16, and 48 of its training
     points."""
-    centres = jax.random.uniform(jax.random.PRNGKey(10), (CLASSES, DIM), minval=0.35, maxval=0.65)
-    y = jnp.arange(400) % CLASSES
-    x = jnp.clip(centres[y] + 0.06 * jax.random.normal(jax.random.PRNGKey(11), (400, DIM)), 0.0, 1.0)
-    keys = jax.random.split(jax.random.PRNGKey(12))
-    params = ((jax.random.normal(keys[0], (DIM, 32)) / 4, jnp.zeros(32)),
-              (jax.random.normal(keys[1], (32, CLASSES)) / 6, jnp.zeros(CLASSES)))
-    optimiser = optax.adam(0.02)
-
-    def mlp(params, x):
-        (kernel, bias), (out_kernel, out_bias) = params
-        return jnp.tanh(x @ kernel + bias) @ out_kernel + out_bias
-
-    @jax.jit
-    def train(params):
-        def step(_, carry):
-            params, state = carry
-            grads = jax.grad(lambda p: losses.cross_entropy(mlp(p, x), y).mean())(params)
-            updates, state = optimiser.update(grads, state)
-            return optax.apply_updates(params, updates), state
-
-        return jax.lax.fori_loop(0, 150, step, (params, optimiser.init(params)))[0]
-
-    fn = jax.jit(functools.partial(mlp, train(params)))
+    fn, x, y = trained_blob_mlp(CLASSES, 400, 0.06, (0.35, 0.65), DIM)
     assert float(jnp.mean(jnp.argmax(fn(x), -1) == y)) > 0.9
     return fn, x[:48], y[:48]
 

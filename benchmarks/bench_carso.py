@@ -26,7 +26,6 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from andor_jax.models import carso

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from andor_jax import bounds, checkpoint, experiment, models, train
+from andor_jax import bounds, experiment, models, train
 from andor_jax.configs import carso_classifier_mnist, carso_mnist
 from andor_jax.interval import Interval
 from andor_jax.models import carso

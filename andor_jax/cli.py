@@ -370,8 +370,9 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     kwargs, output = evaluation_arguments(args, overrides, function)
     if args.command == "evaluate":
         announce_resume(output)
-        kwargs.update(certify=args.certify or kwargs.get("certify", False),
-                      pseudo_gradient_attacks=args.psd or kwargs.get("pseudo_gradient_attacks", False),
+        # a flag given says True; otherwise a --config.evaluate override, or None: the run's config decides
+        kwargs.update(certify=True if args.certify else kwargs.get("certify"),
+                      pseudo_gradient_attacks=True if args.psd else kwargs.get("pseudo_gradient_attacks"),
                       progress=not args.no_progress)
         if args.suite is not None:
             kwargs["suite"] = args.suite

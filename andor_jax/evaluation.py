@@ -155,7 +155,7 @@ def _enter(output_dir: pathlib.Path, header: dict, entries: list[tuple[dict, dic
 
 
 def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = None, eps: list[float] | None = None,
-             limit: int | None = None, certify: bool = False, pseudo_gradient_attacks: bool = False,
+             limit: int | None = None, certify: bool | None = None, pseudo_gradient_attacks: bool | None = None,
              progress: bool = True, output_dir=None, attack_settings: dict[str, dict] | None = None,
              eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
              attack_model: str | None = None, batch_size: int | None = None, suite: str | None = None,
@@ -197,7 +197,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     else:
         attack_names = _names(settings.attacks if attacks is None else attacks)
     eps_grid = list(eps if eps is not None else settings.eps)
-    double_with_psd = (pseudo_gradient_attacks or settings.pseudo_gradient_attacks
+    psd_requested = settings.pseudo_gradient_attacks if pseudo_gradient_attacks is None else pseudo_gradient_attacks
+    double_with_psd = (psd_requested
                        or (bool(suite) and "psd" in models.gradient_modes(_attacked(declared, attack_model))))
     check = settings.get("convergence_check", True) if convergence_check is None else convergence_check
     convergence = robustness.Convergence(
@@ -211,7 +212,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     if not models.randomised(declared) and (eot_draws or verdict_draws):
         raise ValueError(f"--eot and --verdict-draws apply to randomised models; {type(declared).__name__} is "
                          "deterministic")
-    certify = certify or settings.certify
+    certify = settings.certify if certify is None else certify
     if certify and models.randomised(declared):
         raise ValueError(f"{type(declared).__name__} is randomised: interval bound propagation certifies "
                          "deterministic networks only; evaluate without --certify")

@@ -1,5 +1,7 @@
 """The command line end to end on synthetic IDX files: train, resume, evaluate, certify, errors."""
 import json
+import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -176,3 +178,20 @@ def test_resumed_training_defaults_to_the_recorded_data(trained_workdir, tmp_pat
                      "--config.train.epochs=2"]) == 0  # no --data-dir: the recorded directory, not the sample
     assert "embedded" not in capsys.readouterr().err
     assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 2
+
+
+def test_a_config_override_switches_certification_off(trained_workdir, synthetic_mnist_dir, tmp_path):
+    """``--config.evaluate.certify=False`` is obeyed for a run whose config certifies (it used to be ORed
+    with the config's value, so it could not switch certification off); without it the config decides."""
+    workdir = pathlib.Path(shutil.copytree(trained_workdir, tmp_path / "run"))
+    config = json.loads((workdir / "config.json").read_text())
+    config["evaluate"]["certify"] = True
+    (workdir / "config.json").write_text(json.dumps(config))
+    sections = {}
+    for override in ([], ["--config.evaluate.certify=False"]):
+        output = tmp_path / f"report{len(override)}"
+        assert cli.main(["evaluate", "--workdir", str(workdir), "--data-dir", str(synthetic_mnist_dir),
+                         "--attacks", "fgsm", "--eps", "0.05", "--limit", "20", "--no-progress",
+                         "--no-convergence-check", "--output", str(output), *override]) == 0
+        (sections[len(override)],) = json.loads((output / "report.json").read_text())["example_sets"].values()
+    assert "certified" in sections[0] and "certified" not in sections[1]

@@ -1,9 +1,10 @@
-"""The ``andor-jax`` command line: train, evaluate, certify, run.
+"""The ``andor-jax`` command line: train, evaluate, certify, spectrum, critical, run.
 
     andor-jax train --config relu_mlp_mnist --workdir runs/relu [--data-dir DIR] [--config.train.epochs=3]
     andor-jax evaluate --workdir runs/relu [--attacks fgsm,pgd] [--eps 0.05:0.5:0.05] [--limit N] [--certify]
     andor-jax certify --workdir runs/relu [--eps ...]
     andor-jax spectrum --workdir runs/relu [--workdir runs/other] [--layer layers_1] [--fit 11:500]
+    andor-jax critical --workdir runs/relu [--limit 1000] [--grid 0.01,0.02,0.05]
     andor-jax run            # the main job: train `quickstart`, evaluate it, write runs/quickstart/report.md
 
 Everything a command is given is checked before any work is done (`andor_jax.validation`): a bad value is
@@ -124,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=0, help="the first N test images (0: all)")
     sub.add_argument("--random-init", action="store_true", help="also the layer at each run's initial parameters")
     sub.add_argument("--output", default=None, metavar="DIR", help="where to write (default: the first work directory)")
+    common(sub, trained=True)
+
+    sub = commands.add_parser("critical", help="Holzhausen et al.'s protocol: relative accuracy under PGD-20 over a "
+                                               "log eps grid and the median critical perturbation; writes "
+                                               "critical.json (andor_jax.evaluators.critical)")
+    sub.add_argument("--workdir", required=True, metavar="DIR", help="a trained work directory (a deterministic model)")
+    sub.add_argument("--limit", type=int, default=1000, help="the first N test images (0: all; default 1000); only "
+                                                             "those classified correctly are attacked")
+    sub.add_argument("--grid", default=None, metavar="EPS",
+                     help="eps grid, a,b,c or start:stop:step (default: 10 values from 0.01 to 0.5 on a log scale)")
+    sub.add_argument("--bisection-steps", type=int, default=4, metavar="N",
+                     help="log-scale bisections of each image's bracket (default 4)")
+    sub.add_argument("--output", default=None, metavar="DIR", help="where to write (default: the work directory)")
     common(sub, trained=True)
 
     sub = commands.add_parser("run", help="the main job: train quickstart, evaluate, write runs/quickstart/")
@@ -363,6 +377,8 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.command == "spectrum":
         return run_spectrum(args)
+    if args.command == "critical":
+        return run_critical(args)
 
     from andor_jax import evaluation
 
@@ -400,6 +416,24 @@ def run_spectrum(args: argparse.Namespace) -> int:
     for record in json.loads(paths["json"].read_text())["records"]:
         print(f"{record['name']}: alpha {record['alpha']:.3f} (n = {record['fit_range'][0]}..{record['fit_range'][1]})")
     print(f"spectrum: {paths['json']}, {paths['png']}")
+    return 0
+
+
+def run_critical(args: argparse.Namespace) -> int:
+    """``andor-jax critical``: `andor_jax.evaluators.critical.analyse` of one work directory."""
+    workdir = validation.check_trained_dir(args.workdir)
+    if args.data_dir is not None:
+        validation.check_data_dir(args.data_dir)
+    limit = validation.check_int("--limit", args.limit, 0)
+    steps = validation.check_int("--bisection-steps", args.bisection_steps, 0)
+    from andor_jax.evaluators import critical
+
+    grid = critical.DEFAULT_GRID if args.grid is None else validation.parse_eps_grid(args.grid, "--grid")
+    if min(grid) <= 0:
+        raise validation.InvalidInput(f"--grid: every eps must be > 0 (the bisection is on a log scale), got {grid}")
+    result = critical.analyse(workdir, limit=limit, grid=grid, bisection_steps=steps, data_dir=args.data_dir,
+                              output=args.output)
+    print(critical.summary(result))
     return 0
 
 

@@ -26,10 +26,9 @@ def nics_samples(model: nn.Module, variables: dict, x: jax.Array, key: jax.Array
     """Every neuron layer's outputs for the batch ``x`` under EDS and under ``num_scrambles`` scrambled
     datasets of ``kind`` of the batch's size: ``{layer path: (real, scrambled)}`` as NumPy arrays."""
     layers = list(scramble.connections(model, variables, x).channels)
-    eds = scramble.extended_dataset(model, variables, x)
     keys = jax.random.split(key, num_scrambles)
-    nics = jax.jit(lambda v, e, k: scramble.layer_nics(model, v, e, k, layers, kind=kind, unit=unit))(
-        variables, eds, keys)
+    nics = jax.jit(lambda v, x, k: scramble.layer_nics(model, v, scramble.extended_dataset(model, v, x), k, layers,
+                                                       kind=kind, unit=unit))(variables, x, keys)
     return {i: (np.asarray(real), np.asarray(scrambled)) for i, (real, scrambled) in nics.items()}
 
 
@@ -38,7 +37,7 @@ def andness_summary(model: nn.Module, samples: Samples) -> dict:
     neurons; and ``mean_hypersat`` over every neuron of the network.  Plain floats (JSON-ready)."""
     layers, values = {}, []
     for path, (real, scrambled) in samples.items():
-        h = np.asarray(scramble.hypersat(real, scrambled))
+        h = np.asarray(jax.jit(scramble.hypersat)(real, scrambled))
         values.append(h)
         layers[format_path(path)] = {"type": type(layer_at(model, path)).__name__, "neurons": int(h.size),
                                      "mean_hypersat": float(h.mean()), "min_hypersat": float(h.min()),
@@ -57,8 +56,9 @@ def plot_nics_histograms(model: nn.Module, samples: Samples,
     for ax, (layer_path, (real, scrambled)) in zip(axes, samples.items()):
         real, scrambled = real.ravel(), scrambled.ravel()
         edges = np.linspace(min(real.min(), scrambled.min()), max(real.max(), scrambled.max()) + 1e-6, bins + 1)
-        ax.hist(real, edges, density=True, alpha=0.6, color="tab:blue", label="EDS")
-        ax.hist(scrambled, edges, density=True, alpha=0.6, color="tab:orange", label="SDS")
+        for values, colour, label in ((real, "tab:blue", "EDS"), (scrambled, "tab:orange", "SDS")):
+            ax.stairs(np.histogram(values, edges, density=True)[0], edges, fill=True, alpha=0.6, color=colour,
+                      label=label)
         ax.set_title(f"{format_path(layer_path)}: {type(layer_at(model, layer_path)).__name__}", fontsize=9)
         ax.set_xlabel("nics")
     axes[0].set_ylabel("density")

@@ -13,7 +13,8 @@ import struct
 import tempfile
 import uuid
 
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                      "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ["XLA_FLAGS"] = " ".join([os.environ["XLA_FLAGS"], *(flag for flag in FAST_COMPILE_FLAGS
                                                                 if flag.split("=")[0] not in os.environ["XLA_FLAGS"])])
@@ -27,6 +28,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 FULLY_OPTIMISED = {"xla_backend_optimization_level": 2, "xla_llvm_disable_expensive_passes": False}
+
+
+def subprocess_environment(devices: int | None = None) -> dict[str, str]:
+    """The environment for a Python subprocess of a test: this one's, with XLA's fast compilation and
+    ``devices`` virtual CPU devices (default: XLA's own, one)."""
+    flags = [*FAST_COMPILE_FLAGS] + ([f"--xla_force_host_platform_device_count={devices}"] if devices else [])
+    return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
 
 
 def optimised(jitted, *example_args):

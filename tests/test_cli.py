@@ -195,3 +195,21 @@ def test_a_config_override_switches_certification_off(trained_workdir, synthetic
                          "--no-convergence-check", "--output", str(output), *override]) == 0
         (sections[len(override)],) = json.loads((output / "report.json").read_text())["example_sets"].values()
     assert "certified" in sections[0] and "certified" not in sections[1]
+
+
+def test_critical_writes_the_protocol_with_its_data_and_examples(trained_workdir, tmp_path, capsys):
+    grid = [0.02, 0.05, 0.1, 0.2]
+    assert cli.main(["critical", "--workdir", str(trained_workdir), "--limit", "30", "--grid", "0.02,0.05,0.1,0.2",
+                     "--bisection-steps", "1", "--output", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "critical.json").read_text())
+    record = json.loads((trained_workdir / "data.json").read_text())
+    assert result["header"]["data"]["digest"] == record["digest"]
+    assert result["examples"]["count"] == 30 and result["examples"]["description"] == "the first 30 examples of the test split"
+    assert result["correct"] == round(30 * result["clean_accuracy"]) == len(result["critical_eps"])
+    # an image first broken at grid[k] has its critical eps in (grid[k-1], grid[k]]: the relative accuracy at
+    # each grid eps is the share of critical eps above it
+    critical = np.asarray(result["critical_eps"])
+    np.testing.assert_allclose(result["relative_accuracy"], [(critical > eps).mean() for eps in grid])
+    assert "median critical eps" in capsys.readouterr().out
+    assert cli.main(["critical", "--workdir", str(trained_workdir), "--grid", "0,0.1"]) == 2
+    assert "log scale" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 train and evaluate through the command line as one run; the parameters and every example's outcome must be
 those of one process with the same four devices."""
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from andor_jax import distributed
+from conftest import subprocess_environment
 
 PROCESS_TIMEOUT_S = 150  # both processes together; a hang (a missed collective) fails, it does not wait
 
@@ -53,7 +53,7 @@ def free_port() -> int:
 def run_processes(count: int, workdir, data_dir, config_path) -> None:
     """Runs ``count`` processes of one run; any failure or a timeout kills them all and shows their output."""
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = subprocess_environment(devices=2)
     processes = [subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(workdir), str(data_dir), str(config_path),
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(count), "--process-id", str(index)],

@@ -14,7 +14,7 @@ from andor_jax import checkpoint, config as config_lib, experiment, models, trai
 from andor_jax.layers import Dense
 from andor_jax.objectives.losses import cross_entropy
 from andor_jax.objectives.supervised import supervised_objective
-from conftest import small_mlp_config
+from conftest import small_mlp_config, subprocess_environment
 
 
 def params_of(workdir, config, data_dir):
@@ -138,7 +138,6 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, synthetic_mnist_dir):
-    import os
     import signal
     import subprocess
     import sys
@@ -151,7 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, synthetic_mnis
         "    'train.batch_size=40', 'train.checkpoint_every_steps=100000', 'data.source=dir'])\n"
         f"experiment.fit(cfg, {str(tmp_path)!r}, data_dir={str(synthetic_mnist_dir)!r}, progress=False)\n")
     process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "XLA_FLAGS": ""})
+                               env=subprocess_environment())
     deadline = time.time() + 120
     while not (tmp_path / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)

@@ -93,24 +93,39 @@ def critical_perturbations(logits_fn: Callable, x: np.ndarray, y: np.ndarray, ke
 def analyse(workdir: str | pathlib.Path, *, limit: int = 1000, grid: Sequence[float] = DEFAULT_GRID,
             bisection_steps: int = 4, attack: str = PROTOCOL["attack"], settings: dict | None = None,
             seed: int = 0, data_dir: str | None = None, output: str | pathlib.Path | None = None) -> dict:
-    """Holzhausen et al.'s protocol on the first ``limit`` test images of a trained run; writes
-    ``critical.json`` (into ``output``, default the work directory) and returns its content."""
-    from andor_jax import experiment, models
+    """Holzhausen et al.'s protocol on the first ``limit`` test images (0: all) of a trained run; writes
+    ``critical.json`` (into ``output``, default the work directory) and returns its content: the report's
+    header (model, checkpoint, data and its digest), the example set, the clean accuracy and
+    `critical_perturbations` of the correctly classified images."""
+    from andor_jax import evaluation, experiment, models
+    from andor_jax.evaluators import examples as examples_lib
 
     workdir = pathlib.Path(workdir)
     run, variables = experiment.load_trained(workdir, data_dir=data_dir)
     if models.randomised(run.model):
         raise ValueError("critical perturbations: the protocol is defined for deterministic models only")
     logits_fn = jax.jit(lambda xb: models.logits(run.model, variables, xb))
-    x, y = run.dataset.x_test, run.dataset.y_test
-    if limit:
-        x, y = x[:limit], y[:limit]
+    x, y, examples = examples_lib.first_examples(run.dataset.x_test, run.dataset.y_test, limit)
     correct = correctly_classified(logits_fn, x, y)
     result = critical_perturbations(logits_fn, x[correct], y[correct], jax.random.PRNGKey(seed), grid=grid,
                                     bisection_steps=bisection_steps, attack=attack, settings=settings,
                                     domain=tuple(run.config.data.domain))
-    result = {"workdir": str(workdir), "examples": int(len(x)), "correct": int(len(correct)),
-              "clean_accuracy": len(correct) / max(len(x), 1), **result}
-    path = pathlib.Path(output or workdir) / "critical.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    result = {"header": evaluation.header_of(run, variables, workdir), "workdir": str(workdir),
+              "examples": examples, "correct": int(len(correct)), "clean_accuracy": len(correct) / max(len(x), 1),
+              **result}
+    path = pathlib.Path(output or workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "critical.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def summary(result: dict) -> str:
+    """The protocol's figures in a few lines: what was attacked, relative accuracy per eps, the median."""
+    examples = result["examples"]
+    lines = [f"{result['workdir']}: {examples['description']} ({result['header']['data']['dataset']}), clean accuracy "
+             f"{result['clean_accuracy']:.2%}; {result['correct']} correctly classified images attacked with "
+             f"{result['attack']} {result['settings']}",
+             "relative accuracy: " + ", ".join(f"{eps:.3g}: {accuracy:.1%}" for eps, accuracy in
+                                               zip(result["grid"], result["relative_accuracy"])),
+             f"median critical eps (L-inf, {result['bisection_steps']} bisections): {result['median_critical_eps']:.4g}"]
+    return "\n".join(lines)

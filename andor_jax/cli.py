@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "twice the steps and restarts of the strongest attack)")
             sub.add_argument("--set", action="append", default=[], metavar="ATTACK.SETTING=VALUE",
                              help="change an attack's setting, e.g. --set pgd.restarts=1 (repeatable)")
+            sub.add_argument("--nested-eps", action="store_true",
+                             help="an example broken at a smaller eps is not attacked at a larger one (the same "
+                                  "point breaks it there); the report counts those inherited cells")
             sub.add_argument("--certify", action="store_true", help="also compute certified accuracy")
             sub.add_argument("--psd", action="store_true",
                              help="also run every attack with pseudo-gradients (models that have them)")
@@ -394,6 +397,8 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
             kwargs["suite"] = args.suite
         if args.no_convergence_check:
             kwargs["convergence_check"] = False
+        if args.nested_eps:
+            kwargs["nested_eps"] = True
     paths = function(args.workdir, **kwargs)
     if main_process:
         print(f"report: {paths['md']}")

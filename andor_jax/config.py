@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.evaluate.convergence_check = True       # attack the examples still standing with twice the budget
     config.evaluate.convergence_threshold = 0.005  # ... and flag "not converged" above this fraction broken
     config.evaluate.convergence_attack = ""        # the attack the check repeats; "": the largest budget
+    config.evaluate.nested_eps = False     # an example broken at a smaller eps is not attacked at a larger one
     return config
 
 

@@ -159,8 +159,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
              progress: bool = True, output_dir=None, attack_settings: dict[str, dict] | None = None,
              eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
              attack_model: str | None = None, batch_size: int | None = None, suite: str | None = None,
-             convergence_check: bool | None = None,
-             convergence_threshold: float | None = None) -> dict[str, pathlib.Path]:
+             convergence_check: bool | None = None, convergence_threshold: float | None = None,
+             nested_eps: bool | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Every argument named like a key of the run's ``evaluate`` config block
     defaults to it (the command line's ``--config.evaluate.KEY=VALUE`` sets it).  ``eot_draws`` and
@@ -172,13 +172,16 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     (and the ``paper`` suite), ``attack_settings`` given here to either.  The convergence check
     (`robustness.Convergence`, on unless ``convergence_check`` is False) attacks the examples still standing
     again with twice the budget of the strongest attack and flags the report "not converged" when it breaks
-    more than ``convergence_threshold`` of the examples.
+    more than ``convergence_threshold`` of the examples.  With ``nested_eps`` an example broken at one eps is
+    not attacked at the larger ones (the balls are nested: the same point breaks it there), and the report
+    counts those inherited cells.
 
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
     The file then becomes `OUTCOMES_FILE`: per example, ``clean`` (classified correctly), ``LABEL@EPS``
     (still correct under that attack; in a suite, still standing after it and every earlier one) and
-    ``check@EPS`` (still standing after the convergence check, when it ran).
+    ``check@EPS`` (still standing after the convergence check, when it ran) and, with ``nested_eps``,
+    ``inherited:LABEL@EPS`` (counted broken there by a point found at a smaller eps, not attacked).
     """
     workdir = pathlib.Path(workdir)
     config = experiment_lib.read_config(workdir)
@@ -236,7 +239,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
         progress_path=output_dir / PROGRESS_FILE, model_digest=examples_lib.digest(variables),
         randomness=target.randomness,
         attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
-        attack_model=attack_model, share=distributed.share(), sequential=bool(suite), convergence=convergence)
+        attack_model=attack_model, share=distributed.share(), sequential=bool(suite), convergence=convergence,
+        nested_eps=bool(settings.get("nested_eps", False) if nested_eps is None else nested_eps))
     header = header_of(experiment, variables, workdir)  # on every process: orbax reads the step collectively
     if not distributed.is_main():  # of several processes, process 0 alone has the report written
         return {}

@@ -47,7 +47,8 @@ def robustness_summary(outcomes: Outcomes) -> dict:
     and ``sanity`` (`sanity_checks`); for a sequential suite ``broken_by`` ({label: {eps: examples that
     attack broke first}}); with a convergence check ``robust_accuracy_before_check`` and ``convergence``
     (`convergence_summary`); for a randomised model also ``clean_accuracy_per_draw`` (the mean over draws,
-    where ``clean_accuracy`` needs every verdict draw right)."""
+    where ``clean_accuracy`` needs every verdict draw right); with nested balls ``inherited`` ({label: {eps:
+    examples counted broken there by a point found at a smaller eps, not attacked}})."""
     clean = np.asarray(outcomes.clean, bool)
 
     def accuracy(mask):
@@ -68,6 +69,9 @@ def robustness_summary(outcomes: Outcomes) -> dict:
         summary["convergence"] = convergence_summary(standing, outcomes.check, outcomes.settings["convergence"])
     if outcomes.clean_per_draw is not None:
         summary["clean_accuracy_per_draw"] = float(np.mean(outcomes.clean_per_draw))
+    if outcomes.inherited is not None:
+        summary["inherited"] = {label: {k: int(np.sum(table[k])) for k in keys}
+                                for label, table in outcomes.inherited.items()}
     summary["sanity"] = sanity_checks(summary)
     return summary
 
@@ -283,6 +287,12 @@ def _format_robustness(robustness: Mapping, certified: Mapping | None) -> list[s
     if robustness["settings"].get("sequential"):
         lines.append("The attacks ran as a suite, in this order, each on the examples the ones before it left "
                      "standing: an attack's column is the accuracy after it and every attack before it.")
+    if robustness.get("inherited"):
+        cells = [f"{label} at {k}: {count}" for label, table in robustness["inherited"].items()
+                 for k, count in table.items() if count]
+        lines.append("Nested balls: an example broken at a smaller eps was not attacked again at a larger one (the "
+                     "same point breaks it there); examples inherited so, per attack and eps: "
+                     + ("; ".join(cells) if cells else "none") + ".")
     if table is not None:
         lines.append("Certified accuracy (interval bound propagation, on the same examples) is a proven lower "
                      "bound, robust accuracy under attack an upper bound; the true robust accuracy lies in the gap.")

@@ -1,7 +1,9 @@
 """Shared fixtures.  Before JAX is imported: four virtual CPU devices are forced (unless the caller chose
 otherwise) so that the data-parallel path is exercised; XLA compiles without its expensive optimisation
-passes (the suite's models are tiny, so compiling, not running, is most of its time: about 4x less for the
-CARSO tests; `optimised` restores them for the few tests that run a step many times); and one persistent
+passes, with its older CPU emitters (not the MLIR fusion emitters) and in one LLVM module (the suite's
+models are tiny, so compiling, not running, is most of its time: the passes cost about 4x for the CARSO
+tests, the emitters and the split 506 -> 300 s of CPU for the whole suite; `optimised` restores the passes
+for the few tests that run a step many times); and one persistent
 compilation cache serves the whole run (both xdist workers and the command-line subprocesses inherit the
 directory, so a program compiled by one test is loaded by the next; about a third less CPU time), removed
 when the process that created it exits."""

@@ -204,3 +204,49 @@ def test_the_strongest_attack_is_the_one_of_the_largest_budget():
     assert robustness.scaled(settings["apgd-t"], 2) == {"steps": 200, "restarts": 2}
     with pytest.raises(ValueError, match="convergence threshold must be a fraction"):
         robustness.Convergence(threshold=2.0).check()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Nested balls: an example broken at a smaller eps is not attacked at a larger one.
+
+def test_nested_eps_inherits_exactly_the_examples_broken_at_a_smaller_eps(trained_net):
+    fn, x, y = trained_net
+    grid = [0.3, 0.05, 0.12]  # out of order: the attacks still go up the grid
+    common_args = dict(attacks=["fgsm", "pgd"], eps_grid=grid, key=jax.random.PRNGKey(3), batch_size=24,
+                       overrides={"pgd": {"steps": 10, "restarts": 2}}, progress=False)
+    plain = robustness.run(fn, x, y, **common_args)
+    nested = robustness.run(fn, x, y, nested_eps=True, **common_args)
+    clean = plain.clean
+    keys = [robustness.eps_key(eps) for eps in sorted(grid)]
+    for label in ("fgsm", "pgd"):
+        # every input draws its own random stream, so an example attacked in both runs meets the same attack:
+        # nested at eps_i is plain at eps_i and nested at eps_(i-1), and the inherited ones are those broken below
+        below = clean
+        for k in keys:
+            want = clean & plain.correct[label][k] & below
+            np.testing.assert_array_equal(clean & nested.correct[label][k], want, err_msg=f"{label}@{k}")
+            np.testing.assert_array_equal(nested.inherited[label][k], clean & ~below, err_msg=f"{label}@{k}")
+            below = want
+    inherited = report_lib.robustness_summary(nested)["inherited"]
+    assert inherited["pgd"][keys[0]] == 0 and inherited["pgd"][keys[-1]] > 0
+    assert nested.settings["nested_eps"] and not plain.settings["nested_eps"] and plain.inherited is None
+
+
+def test_nested_eps_in_a_suite_with_the_convergence_check(trained_net):
+    fn, x, y = trained_net
+    outcomes = robustness.run(fn, x, y, attacks=["fgsm", "pgd"], eps_grid=[0.05, 0.12, 0.3], key=jax.random.PRNGKey(4),
+                              overrides={"pgd": {"steps": 10}}, progress=False, sequential=True, nested_eps=True,
+                              convergence=robustness.Convergence(0.005, ""))
+    keys = [robustness.eps_key(eps) for eps in (0.05, 0.12, 0.3)]
+    for smaller, larger in zip(keys, keys[1:]):
+        for label in ("fgsm", "pgd"):
+            # standing at a larger eps only if standing at the smaller one: broken below is broken above
+            assert not np.any(outcomes.correct[label][larger] & ~outcomes.correct[label][smaller])
+        assert not np.any(outcomes.check[larger] & ~outcomes.check[smaller])
+    # FGSM is first: what it broke at 0.05 it hands down to 0.12; PGD after it only adds its own breaks
+    assert np.array_equal(outcomes.inherited["fgsm"][keys[1]], outcomes.clean & ~outcomes.correct["fgsm"][keys[0]])
+    summary = report_lib.robustness_summary(outcomes)
+    assert set(summary["inherited"]) == {"fgsm", "pgd", robustness.CHECK_LABEL}
+    text = "\n".join(report_lib.format_entry({"examples": {"description": "x", "count": len(y), "indices_digest": "a",
+                                                           "data_digest": "b"}, "robustness": summary}))
+    assert "Nested balls" in text and "fgsm at 0.12" in text

@@ -26,6 +26,13 @@ order: Croce & Hein 2020), so that a later, costlier attack spends its budget on
 Then ``correct[label]`` is cumulative: still standing after that attack and every earlier one.  Otherwise
 every attack attacks every example and ``correct[label]`` is that attack's own verdict.
 
+Nested balls (``nested_eps=True``).  The eps-balls around an input are nested, so a point that breaks it at
+eps e breaks it at every larger eps too.  Each attack then runs over the eps grid in increasing order, and
+an example that the attack (in a sequential suite: the attack or any before it) broke at the next smaller
+eps is not attacked again: it counts as broken there, by the point already found, and is recorded as
+*inherited* (`Outcomes.inherited`), so that the report can say which cells were not attacked.  The
+convergence check inherits in the same way.
+
 The convergence check (`Convergence`; Carlini et al. 2019: "more steps and restarts change nothing").  After
 the attacks, the examples still standing at each eps are attacked once more by the strongest attack (by
 default the one with restarts of the largest budget, steps x restarts x targets), with twice its steps and
@@ -57,6 +64,7 @@ RANDOMNESS_MODES = ("fresh", "fixed")
 CLEAN_STREAM, VERDICT_STREAM, FIXED_STREAM = 2**31 - 1, 2**31 - 2, 2**31 - 3
 CHECK_STREAM = 2**31 - 4  # the convergence check's attack of a chunk
 BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter")  # scaled by the convergence check
+CHECK_LABEL = "convergence check"  # the convergence check's entry of `Outcomes.inherited`
 
 
 def eps_key(eps: float) -> str:
@@ -149,6 +157,8 @@ class Outcomes(NamedTuple):
         models), else None.
       check: ``{eps key: (n,) bool}``, still standing after every attack and the convergence check, or None
         when no check ran.
+      inherited: with ``nested_eps``, ``{label or CHECK_LABEL: {eps key: (n,) bool}}``: counted broken at
+        that eps, without being attacked there, by a point found at a smaller eps; else None.
     """
 
     clean: np.ndarray
@@ -156,6 +166,7 @@ class Outcomes(NamedTuple):
     settings: dict
     clean_per_draw: np.ndarray | None = None
     check: dict[str, np.ndarray] | None = None
+    inherited: dict[str, dict[str, np.ndarray]] | None = None
 
 
 def split_label(label: str) -> tuple[str, str | None]:
@@ -310,7 +321,7 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
         progress_path: str | os.PathLike | None = None, model_digest: str | None = None,
         randomness: Randomness | None = None, attack_logits_fn: LogitsFn | None = None,
         attack_model: str = "", share=None, sequential: bool = False,
-        convergence: Convergence | None = None) -> Outcomes:
+        convergence: Convergence | None = None, nested_eps: bool = False) -> Outcomes:
     """Attacks ``(x, y)`` with every attack at every eps and returns every example's outcome.
 
     Args:
@@ -343,6 +354,8 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
       sequential: run the attacks as a suite: in order, each on the examples still standing, the doubles
         of ``doubled_tags`` right after their attack (see the module docstring).
       convergence: run the convergence check so (`Convergence`); None: no check.
+      nested_eps: an example broken at a smaller eps is not attacked again at a larger one (module
+        docstring); which cells were inherited is in `Outcomes.inherited`.
 
     Returns:
       The `Outcomes`.
@@ -361,16 +374,23 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
     clean_correct, clean_per_draw = np.zeros(n, bool), np.zeros(n, np.float32)
     correct = {label: {k: np.zeros(n, bool) for k in keys} for label, _, _ in runs}
     check = None if checked is None else {k: np.zeros(n, bool) for k in keys}
+    inherited = None
+    if nested_eps:
+        inherited = {label: {k: np.zeros(n, bool) for k in keys}
+                     for label in [label for label, _, _ in runs] + ([CHECK_LABEL] if checked else [])}
+    eps_order = np.argsort(np.asarray(eps_grid, float), kind="stable") if nested_eps else np.arange(len(keys))
     attack_seconds = np.zeros(len(runs) + 1)  # the last: the convergence check
     if progress_path is not None and not model_digest:
         raise ValueError("progress_path needs model_digest (e.g. examples.digest(variables)), so that the saved "
                          "progress of another model is never resumed")
     fingerprint = _fingerprint(model_digest, x, y, runs, keys, settings, overrides, domain, chunk, key, randomness,
-                               attack_model, [sequential, None if checked is None else list(checked)])
+                               attack_model, [sequential, None if checked is None else list(checked), bool(nested_eps)])
     saved = ChunkProgress(progress_path if share is None else share.progress_path(progress_path), fingerprint,
                           {"clean": clean_correct, "clean_per_draw": clean_per_draw, "seconds": attack_seconds,
                            **{f"{label}@{k}": correct[label][k] for label, _, _ in runs for k in keys},
-                           **{f"check@{k}": table for k, table in (check or {}).items()}})
+                           **{f"check@{k}": table for k, table in (check or {}).items()},
+                           **{f"inherited:{label}@{k}": table for label, tables in (inherited or {}).items()
+                              for k, table in tables.items()}})
     judge = _judges(logits_fn, randomness)
     attack, decoy = _attacker(logits_fn, attack_logits_fn, gradient_logits_fns, randomness, key, judge)
 
@@ -390,24 +410,36 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
         for run_index, (label, name, tag) in enumerate(runs):
             bar.set_postfix_str(label)
             run_key = jax.random.fold_in(batch_key, run_index)
-            for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
+            below = None  # nested_eps: who stands after this attack at the next smaller eps
+            for eps_index in eps_order:
+                eps, k = eps_grid[eps_index], keys[eps_index]
                 started = time.perf_counter()
                 rows = standing[k] if sequential else np.ones(chunk, bool)
-                still_correct = _attack_rows(attack, name, tag, xb, yb, rows, decoys,
+                handed_down = _handed_down(rows & clean_rows, below)
+                still_correct = _attack_rows(attack, name, tag, xb, yb, rows & ~handed_down, decoys,
                                              jax.random.fold_in(run_key, eps_index), eps, domain,
-                                             overrides.get(name, {}))
+                                             overrides.get(name, {})) & ~handed_down
                 standing[k] &= still_correct
                 correct[label][k][start:stop] = (standing[k] if sequential else still_correct)[:size]
+                if inherited is not None:
+                    inherited[label][k][start:stop] = handed_down[:size]
+                    below = standing[k] if sequential else still_correct
                 attack_seconds[run_index] += time.perf_counter() - started
         if checked is not None:
             label, name, tag, check_settings = checked
             bar.set_postfix_str(f"convergence check: {label}")
-            for eps_index, (eps, k) in enumerate(zip(eps_grid, keys)):
+            below = None
+            for eps_index in eps_order:
+                eps, k = eps_grid[eps_index], keys[eps_index]
                 started = time.perf_counter()
                 check_key = jax.random.fold_in(jax.random.fold_in(batch_key, CHECK_STREAM), eps_index)
-                standing[k] &= _attack_rows(attack, name, tag, xb, yb, standing[k], decoys, check_key, eps, domain,
-                                            check_settings)
+                handed_down = _handed_down(standing[k], below)
+                standing[k] &= _attack_rows(attack, name, tag, xb, yb, standing[k] & ~handed_down, decoys, check_key,
+                                            eps, domain, check_settings) & ~handed_down
                 check[k][start:stop] = standing[k][:size]
+                if inherited is not None:
+                    inherited[CHECK_LABEL][k][start:stop] = handed_down[:size]
+                    below = standing[k]
                 attack_seconds[-1] += time.perf_counter() - started
         saved.save(batch_index + 1)
         bar.update()
@@ -435,12 +467,19 @@ def run(logits_fn: LogitsFn, x, y, *, attacks: Sequence[str], eps_grid: Sequence
         "attack_seconds": {label: round(float(value), 1) for (label, _, _), value in zip(runs, attack_seconds)},
         "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
         "sequential": bool(sequential),
+        "nested_eps": bool(nested_eps),
         "convergence": None if checked is None else {
             "attack": checked[0], "threshold": convergence.threshold, "factor": convergence.factor,
             "settings": _settings_record(checked[1], registry.settings_of(checked[1], **checked[3]), checked[2]),
             "seconds": round(float(attack_seconds[-1]), 1)},
     }
-    return Outcomes(clean_correct, correct, record, None if randomness is None else clean_per_draw, check)
+    return Outcomes(clean_correct, correct, record, None if randomness is None else clean_per_draw, check, inherited)
+
+
+def _handed_down(rows: np.ndarray, below: np.ndarray | None) -> np.ndarray:
+    """The ``rows`` already broken at the next smaller eps (``below``: who stood there; None: no smaller
+    eps, or no nesting): broken here by the same point, without an attack."""
+    return np.zeros_like(rows) if below is None else rows & ~below
 
 
 def _check_request(convergence: Convergence | None, runs, settings, gradient_logits_fns, overrides):

@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.max_grad_norm = 1.0       # clip_by_global_norm
     config.train.optimizer = "adadelta"    # adadelta | adam | radam | sgd
     config.train.learning_rate = 1.0
+    config.train.learning_rate_schedule = "constant"  # constant | cosine | linear: to 0 over the run's steps
     config.train.momentum = 0.9            # sgd only (0: none)
     config.train.nesterov = False          # sgd only
     config.train.adadelta_rho = 0.9        # AdaDelta's decay of its running averages

@@ -39,7 +39,7 @@ class Experiment:
         self.config = config
         self.dataset = dataset if dataset is not None else load_data(config.data, data_dir)
         self.model = models.build_model(config.model)
-        self.optimizer = train.make_optimizer(config.train)
+        self.optimizer = train.make_optimizer(config.train, self.total_steps)
         self.objective = objectives.get_objective(self.model, config.train, self.steps_per_epoch)
         self.projection = lambda params, step: models.project(self.model, params, step / self.steps_per_epoch)
 

@@ -74,13 +74,15 @@ def gradient_transform(name: str, config: ml_collections.ConfigDict) -> optax.Gr
     return factory(config)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int = 1) -> optax.GradientTransformation:
     """The gradient transformations listed in ``config.gradient_transforms`` (applied in order), then the
-    optimiser named by ``config.optimizer``; with ``config.trainable`` set, all of it applies to the
-    trainable parameters only and the others get zero updates (``optax.set_to_zero``, no optimiser state)."""
+    optimiser named by ``config.optimizer`` (its learning rate following ``config.learning_rate_schedule``
+    over ``total_steps``); with ``config.trainable`` set, all of it applies to the trainable parameters only
+    and the others get zero updates (``optax.set_to_zero``, no optimiser state)."""
     transforms = [gradient_transform(name, config) for name in config.gradient_transforms]
+    base = make_base_optimizer(config, total_steps)
     # Unwrapped when there is nothing to chain, so the optimiser state keeps the plain optimiser's structure.
-    optimizer = optax.chain(*transforms, make_base_optimizer(config)) if transforms else make_base_optimizer(config)
+    optimizer = optax.chain(*transforms, base) if transforms else base
     if not config.trainable:
         return optimizer
     prefixes = tuple(config.trainable)
@@ -88,11 +90,29 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                                  lambda params: trainable_labels(params, prefixes))
 
 
-def make_base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optax optimiser named by ``config.optimizer`` (adadelta, adam, radam, sgd) with
-    ``config.learning_rate`` and its own settings: ``momentum`` (0 or None: none) and ``nesterov`` for sgd;
+LEARNING_RATE_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def learning_rate(config: ml_collections.ConfigDict, total_steps: int) -> float | optax.Schedule:
+    """``config.learning_rate``, constant, or decaying to 0 over ``total_steps`` (``config.learning_rate_schedule``:
+    ``cosine``, lr (1 + cos(pi t / T)) / 2, Loshchilov & Hutter 2017; ``linear``, lr (1 - t / T)).  The schedule
+    reads the optimiser's own step count, so a resumed run continues it."""
+    name, lr = config.get("learning_rate_schedule", "constant"), float(config.learning_rate)
+    if name == "constant":
+        return lr
+    steps = max(int(total_steps), 1)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, steps)
+    if name == "linear":
+        return optax.linear_schedule(lr, 0.0, steps)
+    raise ValueError(f"unknown train.learning_rate_schedule {name!r}; choose one of {', '.join(LEARNING_RATE_SCHEDULES)}")
+
+
+def make_base_optimizer(config: ml_collections.ConfigDict, total_steps: int = 1) -> optax.GradientTransformation:
+    """The optax optimiser named by ``config.optimizer`` (adadelta, adam, radam, sgd) with the learning rate of
+    `learning_rate` and its own settings: ``momentum`` (0 or None: none) and ``nesterov`` for sgd;
     ``adadelta_rho`` and ``adadelta_eps`` for adadelta (0.9 / 1e-6 in the MWD authors' PyTorch code)."""
-    name, lr = config.optimizer, config.learning_rate
+    name, lr = config.optimizer, learning_rate(config, total_steps)
     if name == "adadelta":
         return optax.adadelta(lr, rho=config.adadelta_rho, eps=config.adadelta_eps)
     if name == "adam":

@@ -5,8 +5,10 @@ The run starts from the local run's work directory (``train.init_from``, default
 pass ``--config.train.init_from=DIR``) and trains the readout only (``train.trainable = ["layers_3"]``).
 Batch 100 (Holzhausen et al. use 1000; smaller batches give more steps per epoch on a CPU).  Learning rate
 1e-2, not Holzhausen et al.'s 1e-3: the inputs relu(I)^4.5 are below 1 (|I| <= 1 for unit-L3 weights and
-inputs), so the readout weights must grow large; measured on MNIST after the 40-epoch local run: lr 1e-3,
-6 epochs: 94.33 % test accuracy; lr 1e-2, 10 epochs: 97.40 %.  16 epochs.
+inputs), so the readout weights must grow large; measured on MNIST after a 40-epoch local run: lr 1e-3,
+6 epochs: 94.33 % test accuracy; lr 1e-2, 10 epochs: 97.40 %.  50 epochs with the learning rate on a cosine
+to 0: on the converged 100-epoch local layer, 16 epochs at a constant rate gave 97.49 % (train 97.7 %: the
+readout underfits, and the last epochs swing by 0.3 points), 16 on the cosine 97.44 %, 50 on it 97.84 %.
 
 Variant ``small``: the readout of ``krotov_mnist:small``.
 """
@@ -24,7 +26,8 @@ def get_config(arg=None):
     config.train.loss = "cross_entropy"
     config.train.optimizer = "adam"
     config.train.learning_rate = 1e-2
+    config.train.learning_rate_schedule = "cosine"
     config.train.trainable = ["layers_3"]
     config.train.init_from = "runs/krotov_mnist_small" if arg == "small" else "runs/krotov_mnist"
-    config.train.epochs = 2 if arg == "small" else 16
+    config.train.epochs = 2 if arg == "small" else 50
     return config

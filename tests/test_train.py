@@ -40,10 +40,28 @@ def test_every_optimizer_reduces_the_loss(name):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_learning_rate_schedules_decay_to_zero_over_the_run(schedule):
+    config = small_mlp_config(optimizer="sgd", momentum=0.0, learning_rate=0.5, learning_rate_schedule=schedule)
+    optimizer = train.make_optimizer(config.train, total_steps=4)
+    params = {"w": jnp.zeros(())}
+    state = optimizer.init(params)
+    steps = []
+    for _ in range(5):
+        updates, state = optimizer.update({"w": jnp.ones(())}, state, params)
+        steps.append(-float(updates["w"]))
+    fraction = np.arange(5) / 4
+    want = {"constant": np.ones(5), "linear": 1 - fraction,
+            "cosine": (1 + np.cos(np.pi * fraction)) / 2}[schedule]  # past the last step the rate stays 0
+    np.testing.assert_allclose(steps, 0.5 * want, atol=1e-7)
+
+
 def test_unknown_optimizer_and_loss_are_clear_errors():
     config = small_mlp_config(optimizer="adagradx")
     with pytest.raises(ValueError, match="unknown optimizer 'adagradx'"):
         train.make_optimizer(config.train)
+    with pytest.raises(ValueError, match="unknown train.learning_rate_schedule 'cosin'"):
+        train.make_optimizer(small_mlp_config(learning_rate_schedule="cosin").train)
     config = small_mlp_config(gradient_transforms=["clip_by_norm_typo"])
     with pytest.raises(ValueError, match="unknown gradient transform 'clip_by_norm_typo'"):
         train.make_optimizer(config.train)
@@ -96,7 +114,7 @@ def test_training_is_deterministic_and_learns(tmp_path, synthetic_mnist_dir):
 
 @pytest.mark.parametrize("stop_at_step", [25, 32])  # one epoch is 25 steps: an epoch end and mid-epoch
 def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_mnist_dir, stop_at_step):
-    config = small_mlp_config()
+    config = small_mlp_config(learning_rate_schedule="cosine")  # the resumed run continues the schedule
     data_dir = str(synthetic_mnist_dir)
     experiment.fit(config, tmp_path / "whole", data_dir=data_dir, progress=False)
     state = experiment.fit(config, tmp_path / "parts", data_dir=data_dir, progress=False, stop_at_step=stop_at_step)

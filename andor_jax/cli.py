@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                  if trained else "else $ANDOR_JAX_DATA_DIR, the cache, a download, or the embedded 5,000-image "
                                  "MNIST sample; resuming defaults to the data the run started on")
         sub.add_argument("--data-dir", default=None, metavar="PATH", help=f"directory with the IDX files ({where})")
-        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sub.add_argument("--no-progress", action="store_true",
+                         help="no progress bars (train: nor its line per epoch on stderr; metrics.jsonl has them)")
 
     def multiprocess(sub):
         sub.add_argument("--coordinator", default=None, metavar="HOST:PORT",

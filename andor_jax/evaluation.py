@@ -250,6 +250,12 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     hidden = spectrum_lib.report_entry(model, variables, x)
     if hidden is not None:
         results["spectrum"] = hidden
+        if hidden.get("local_layers"):
+            from andor_jax.evaluators import local
+
+            output_dir.mkdir(parents=True, exist_ok=True)
+            hidden["receptive_fields"] = local.write_receptive_fields(
+                variables, hidden["local_layers"][0], output_dir / "receptive_fields.png").name
     entries = [(examples, results)]
     if experiment.config.train.get("objective") == "andor":
         andness_x, andness_y, andness_examples = examples_lib.first_examples(x, y, ANDNESS_EXAMPLES)

@@ -394,7 +394,11 @@ def _format_spectrum(spectrum: Mapping) -> list[str]:
         lines += [f"Local layer `{local['layer']}` ({local['units']} units, p = {local['p']:g}, R = "
                   f"{local['radius']:g}): {_percent(local['off_norm_fraction'])}% of units off norm by > 0.01, "
                   f"{int(local['negative_units'])} with mean weight < -R/2: "
-                  f"{'accepted' if local['accepted'] else 'not accepted'} (< 10% and none).", ""]
+                  f"{'accepted' if local['accepted'] else 'not accepted'} (< 10% and none); "
+                  f"{_percent(local.get('inhibitory_fraction'))}% of units inhibitory (negative current on a "
+                  "uniform input: silent on images after relu).", ""]
+    if spectrum.get("receptive_fields"):
+        lines += [f"Receptive fields of the first 100 units: `{spectrum['receptive_fields']}`.", ""]
     return lines
 
 

@@ -74,8 +74,10 @@ def test_training_on_a_tiny_data_set_converges_to_unit_p_norm():
 def test_convergence_counts_negative_units():
     kernel = np.ones((4, 8), np.float32) / 8 ** (1 / 3)  # unit L3 norm, mean > 0
     kernel[1] = -0.6
+    kernel[2, :5] *= -1  # sum of sgn(w) w^2 over 8 equal weights: 3 - 5 < 0
     diagnostic = krotov.convergence(kernel, 3.0)
     assert float(diagnostic["negative_units"]) == 1.0
+    assert float(diagnostic["inhibitory_fraction"]) == 0.5  # rows 1 and 2
     assert float(diagnostic["off_norm_fraction"]) == 0.25
     assert not krotov.accepted(diagnostic)
 
@@ -144,6 +146,16 @@ def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_d
     state = experiment.fit(readout, tmp_path / "readout", data_dir=data_dir, progress=False)
     np.testing.assert_array_equal(state.params["layers_1"]["kernel"], kernel)  # the local layer stays frozen
     assert np.abs(np.asarray(state.params["layers_3"]["kernel"]) - before["layers_3"]["kernel"]).max() > 0
+
+    from andor_jax import evaluation
+
+    evaluation.evaluate(tmp_path / "readout", data_dir=data_dir, attacks=["fgsm"], eps=[0.05], limit=40,
+                        convergence_check=False, progress=False)
+    (section,) = json.loads((tmp_path / "readout" / "report.json").read_text())["example_sets"].values()
+    [diagnostic] = section["spectrum"]["local_layers"]
+    assert diagnostic["layer"] == "layers_1" and 0.0 <= diagnostic["inhibitory_fraction"] <= 1.0
+    assert (tmp_path / "readout" / section["spectrum"]["receptive_fields"]).stat().st_size > 1000
+    assert "inhibitory" in (tmp_path / "readout" / "report.md").read_text()
 
 
 def test_local_layer_diagnostic_and_receptive_fields(tmp_path):

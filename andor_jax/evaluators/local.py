@@ -57,6 +57,18 @@ def plot_receptive_fields(kernel: np.ndarray, path: str | pathlib.Path, *, count
     plt.close(figure)
 
 
+def write_receptive_fields(variables, record: dict, path: str | pathlib.Path, *, count: int = 100) -> pathlib.Path:
+    """`plot_receptive_fields` of the local layer of ``record`` (an entry of `local_layers`): square images
+    when its inputs are, a strip otherwise, titled with its diagnostic."""
+    kernel = get_path(variables["params"], tuple(record["layer"].split("/")))["kernel"]
+    side = int(round(math.sqrt(kernel.shape[1])))
+    shape = (side, side) if side * side == kernel.shape[1] else (1, kernel.shape[1])
+    plot_receptive_fields(np.asarray(kernel), path, count=count, image_shape=shape,
+                          title=f"{record['layer']}: {record['off_norm_fraction']:.1%} of units off norm, "
+                                f"{record['inhibitory_fraction']:.1%} inhibitory")
+    return pathlib.Path(path)
+
+
 def analyse(workdir: str | pathlib.Path, *, count: int = 100) -> dict:
     """The diagnostic of every local layer of a trained run, and ``receptive_fields.png`` (the first local
     layer's first ``count`` units) in its work directory."""
@@ -68,12 +80,7 @@ def analyse(workdir: str | pathlib.Path, *, count: int = 100) -> dict:
     run, variables = experiment.load_trained(workdir, with_data=False)
     records = local_layers(run.model, variables)
     if records:
-        first = records[0]
-        kernel = get_path(variables["params"], tuple(first["layer"].split("/")))["kernel"]
-        side = int(round(math.sqrt(kernel.shape[1])))
-        shape = (side, side) if side * side == kernel.shape[1] else (1, kernel.shape[1])
-        plot_receptive_fields(np.asarray(kernel), workdir / "receptive_fields.png", count=count, image_shape=shape,
-                              title=f"{first['layer']}: {first['off_norm_fraction']:.1%} of units off norm")
+        write_receptive_fields(variables, records[0], workdir / "receptive_fields.png", count=count)
     result = {"workdir": str(workdir), "local_layers": records}
     (workdir / "local_layers.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -93,10 +93,18 @@ def convergence(kernel: jax.Array, p: float, radius: float = 1.0, tolerance: flo
 
     ``off_norm_fraction``: the fraction of units with ``| ||W_mu||_p - R | > tolerance`` (accepted below
     10 %); ``negative_units``: the number of units whose mean weight is below ``-R/2`` (accepted: none).
+
+    The second test cannot fail for images: a unit of unit Lp norm over d inputs has a mean weight of at
+    least ``-R d^(-1/p)`` (-0.108 R for p = 3, d = 784).  So the diagnostic also gives, without changing the
+    acceptance, ``inhibitory_fraction``: the fraction of units whose current is negative for a uniform
+    input, ``sum_i sgn(W_mu,i) |W_mu,i|^(p-1) < 0``.  Such a unit is inhibitory on non-negative images and
+    silent after ``relu``; measured on Fashion-MNIST with k = 7, 99.9 % of the units ended so (every one the
+    same dark blob), and the readout on them reached 51.7 %.
     """
     off = jnp.abs(lp_norm(kernel, p) - radius) > tolerance
     return {"off_norm_fraction": jnp.mean(off.astype(jnp.float32)),
-            "negative_units": jnp.sum(jnp.mean(kernel, axis=-1) < -radius / 2).astype(jnp.float32)}
+            "negative_units": jnp.sum(jnp.mean(kernel, axis=-1) < -radius / 2).astype(jnp.float32),
+            "inhibitory_fraction": jnp.mean(jnp.sum(effective_weights(kernel, p), axis=-1) < 0, dtype=jnp.float32)}
 
 
 def accepted(diagnostic: dict, max_off_fraction: float = 0.1) -> bool:

@@ -12,7 +12,7 @@ decay to 0 of both reference codes.  Every other parameter gets a zero direction
 Settings, in the config's own block ``train.krotov``: ``k`` (rank of the anti-Hebbian unit), ``delta``
 (its strength), ``learning_rate`` (eps_0).  The layer's ``p`` and ``R`` come from the layer itself.
 Metrics: the convergence diagnostic (`andor_jax.layers.krotov.convergence`: ``off_norm_fraction``,
-``negative_units``) and the learning rate; ``on_epoch`` also prints the diagnostic at the start of every
+``negative_units``, ``inhibitory_fraction``) and the learning rate; ``on_epoch`` also prints the diagnostic at the start of every
 epoch.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def get_objective(model, train_config, steps_per_epoch: int = 1) -> Objective:
         diagnostic = convergence(get_path(params, path)["kernel"], layer.p, layer.radius)
         print(f"epoch {epoch + 1} start: {format_path(path)}: {float(diagnostic['off_norm_fraction']):.1%} of units "
               f"off ||W||_{layer.p:g} = {layer.radius:g} by > 0.01, {int(diagnostic['negative_units'])} with mean "
-              f"weight < -R/2", file=sys.stderr)
+              f"weight < -R/2, {float(diagnostic['inhibitory_fraction']):.1%} inhibitory", file=sys.stderr)
         return objective_state
 
     return stateless(update, on_epoch)

@@ -141,16 +141,16 @@ def analyse(workdirs: Sequence[str | pathlib.Path], *, layer: str | None = None,
     """Spectra of trained models over their test sets (the first ``limit`` images; 0: all), as Holzhausen
     et al. measure them: for each work directory the outputs of ``layer`` (default: the first hidden layer,
     `default_layer`), optionally the same layer at the run's initial parameters (``random_init``), and the
-    raw pixels of the first run's test set (``pixels``).  Writes ``spectrum.json`` (alpha, fit range and the
+    raw pixels of each distinct test set (``pixels``, named by data set when there are several).  Writes ``spectrum.json`` (alpha, fit range and the
     normalised spectrum of each) and ``spectrum.png`` (`plot`) into ``output`` (default: the first work
     directory) and returns their paths."""
     from andor_jax import experiment
 
-    records, first_x = [], None
+    records, test_sets = [], {}  # data set name -> its test images, in order of appearance
     for workdir in map(pathlib.Path, workdirs):
         run, variables = experiment.load_trained(workdir, data_dir=data_dir)
         x = run.dataset.x_test[:limit] if limit else run.dataset.x_test
-        first_x = x if first_x is None else first_x
+        test_sets.setdefault(run.config.data.dataset, x)
         name = layer or default_layer(run.model, variables)
         records.append(summary(f"{workdir.name} {name}", spectrum(run.model, variables, x, name), fit_range,
                                workdir=str(workdir), layer=name, examples=int(len(x))))
@@ -159,9 +159,9 @@ def analyse(workdirs: Sequence[str | pathlib.Path], *, layer: str | None = None,
             initial = {"params": state.params, **state.model_state}
             records.append(summary(f"{workdir.name} {name} (random init)", spectrum(run.model, initial, x, name),
                                    fit_range, workdir=str(workdir), layer=name, examples=int(len(x)), initial=True))
-    if pixels and first_x is not None:
-        records.append(summary("pixels", spectrum(None, None, first_x, INPUT), fit_range, layer=INPUT,
-                               examples=int(len(first_x))))
+    for dataset, x in test_sets.items() if pixels else ():
+        records.append(summary("pixels" if len(test_sets) == 1 else f"pixels ({dataset})",
+                               spectrum(None, None, x, INPUT), fit_range, layer=INPUT, examples=int(len(x))))
     directory = pathlib.Path(output) if output else pathlib.Path(workdirs[0])
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / "spectrum.json", "png": directory / "spectrum.png"}

@@ -133,6 +133,13 @@ def test_spectrum_command_writes_json_and_png(tmp_path, synthetic_mnist_dir):
     assert records[0]["dimension"] == 64 and records[2]["dimension"] == 784
     assert (tmp_path / "run" / "spectrum.png").stat().st_size > 1000
     assert cli.main(["spectrum", "--workdir", str(tmp_path / "run"), "--fit", "30:2"]) == 2
+    # two data sets in one figure: the pixels of each, named (the synthetic files stand in for Fashion-MNIST's)
+    other = config_lib.apply_overrides(config, ["data.dataset=fashion_mnist"])
+    experiment.fit(other, tmp_path / "other", data_dir=str(synthetic_mnist_dir), progress=False)
+    assert cli.main(["spectrum", "--workdir", str(tmp_path / "run"), "--workdir", str(tmp_path / "other"),
+                     "--fit", "2:30", "--output", str(tmp_path / "both")]) == 0
+    names = [r["name"] for r in json.loads((tmp_path / "both" / "spectrum.json").read_text())["records"]]
+    assert names == ["run layers_1", "other layers_1", "pixels (mnist)", "pixels (fashion_mnist)"]
 
 
 # ------------------------------------------------- Holzhausen et al.'s protocol: critical perturbations

@@ -3,10 +3,14 @@ time, the reference's, their ratio (reference / ours), the fraction of the machi
 benchmark's dominant primitive (`common.py`), the machine, and the load average at the start and the end of
 each benchmark.
 
-A ratio measured while the load average exceeded the number of cores is not reported as a figure: the
-table prints it in parentheses with a warning and the JSON moves it to ``ratio_loaded`` (``ratio`` is null),
-because on an oversubscribed machine the two sides are slowed unequally (PyTorch's spinning thread pool
-suffers more than XLA's).
+Before each benchmark the machine is left to settle until the 1-minute load average is below half the
+cores (at most `SETTLE_S`): what remains of the previous benchmark, or of other work, has then decayed.  A
+ratio measured on a loaded machine is not reported as a figure (the table prints it in parentheses with a
+warning and the JSON moves it to ``ratio_loaded``; ``ratio`` is null), because on an oversubscribed machine
+the two sides are slowed unequally (PyTorch's spinning thread pool suffers more than XLA's).  Loaded means:
+the load average was still at least half the cores when the benchmark started (other work), or exceeded the
+cores by more than one at its end (more than the benchmark's own threads, which raise it to about the core
+count by themselves).
 
 Small settings by default (a few minutes in all: a check that every benchmark runs); ``--full`` runs the
 settings of the README's figures.  Benchmarks that need a trained work directory or the MNIST files run only
@@ -75,9 +79,23 @@ def arguments(benchmark: Benchmark, full: bool, given: dict[str, str | None]) ->
     return [*(benchmark.full if full else benchmark.small), *extra]
 
 
+SETTLE_S = 240  # the longest wait for the load average to settle before a benchmark
+
+
+def settle(cores: int, limit_s: float = SETTLE_S, poll_s: float = 5.0) -> float:
+    """Waits until the 1-minute load average is below ``cores / 2`` (at most ``limit_s``); returns it."""
+    deadline = time.monotonic() + limit_s
+    while os.getloadavg()[0] >= cores / 2 and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return os.getloadavg()[0]
+
+
 def loaded(load_averages: list[float], cores: int) -> bool:
-    """Whether a 1-minute load average at the start or the end exceeded the number of cores."""
-    return max(load_averages) > cores
+    """Whether the machine was busy with other work: a 1-minute load average of at least half the cores at
+    the start, or above the cores plus one at the end (a benchmark's own threads bring it to about the
+    core count)."""
+    start, end = load_averages
+    return start >= cores / 2 or end > cores + 1
 
 
 def run_one(name: str, benchmark: Benchmark, args: list[str], out: pathlib.Path) -> dict:
@@ -100,7 +118,8 @@ def judged(rows: list[dict], load_average: list[float], cores: int) -> list[dict
     """The rows with ``ratio`` withheld (moved to ``ratio_loaded``, with a warning) if the machine was loaded."""
     if not loaded(load_average, cores):
         return rows
-    warning = f"load average {max(load_average):.1f} > {cores} cores: ratio not reported"
+    warning = (f"load average {load_average[0]:.1f} at the start, {load_average[1]:.1f} at the end on {cores} cores: "
+               "ratio not reported")
     return [{**row, "ratio": None, "ratio_loaded": row.get("ratio"), "warning": warning} for row in rows]
 
 
@@ -156,7 +175,7 @@ def main(argv=None) -> list[dict]:
         if script_args is None:
             print(f"{name}: skipped (needs {', '.join(OPTION_OF[n] for n in BENCHMARKS[name].needs)})")
             continue
-        print(f"{name}: running", flush=True)
+        print(f"{name}: running (load average {settle(cores):.1f})", flush=True)
         result = run_one(name, BENCHMARKS[name], script_args, out)
         if "rows" in result:
             result["rows"] = judged(result["rows"], result["load_average"], cores)

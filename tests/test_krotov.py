@@ -123,7 +123,7 @@ def test_power_activation_interval_contains_sampled_points():
 
 # ------------------------------------------------------------------------- through the training engine
 
-def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_dir):
+def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_dir, capsys):
     from andor_jax import config as config_lib, experiment
 
     data_dir = str(synthetic_mnist_dir)
@@ -139,7 +139,9 @@ def test_local_phase_then_readout_through_the_engine(tmp_path, synthetic_mnist_d
     norms_before, norms_after = krotov.lp_norm(before["layers_1"]["kernel"], 3.0), krotov.lp_norm(kernel, 3.0)
     assert float(jnp.mean(norms_after)) < float(jnp.mean(norms_before))  # N(0, 1) norms ~11 shrink toward R = 1
     record = [json.loads(line) for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert 0.0 <= record["train_off_norm_fraction"] <= 1.0 and "train_negative_units" in record
+    assert 0.0 < record["train_learning_rate"] < eps_0  # decaying linearly to 0
+    printed = capsys.readouterr().err  # the diagnostic at the start of every epoch
+    assert "epoch 2 start: layers_1: " in printed and "of units off ||W||_3 = 1 by > 0.01" in printed
 
     readout = config_lib.apply_overrides(config_lib.load_config("krotov_readout_mnist:small"),
                                          ["model.units=12", f"train.init_from={tmp_path / 'local'}"])

@@ -165,6 +165,8 @@ def test_critical_perturbation_of_a_linear_model_is_found_by_bisection():
     np.testing.assert_allclose(result["relative_accuracy"], [(exact > e).mean() for e in grid], atol=1 / 12 + 1e-9)
     assert result["median_critical_eps"] == pytest.approx(np.median(found))
     assert critical.padded_size(5, 256) == 8 and critical.padded_size(300, 256) == 256
+    with pytest.raises(ValueError, match="log scale"):
+        critical.critical_perturbations(logits_fn, x, y, jax.random.PRNGKey(0), grid=[0.0, 0.1])
 
 
 def test_report_entry_names_the_hidden_layer_and_its_alpha():

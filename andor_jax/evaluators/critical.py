@@ -71,6 +71,9 @@ def critical_perturbations(logits_fn: Callable, x: np.ndarray, y: np.ndarray, ke
     correctly classified: see `correctly_classified`), by bisection (module docstring)."""
     settings = dict(PROTOCOL["settings"] if settings is None else settings)
     grid = sorted(float(e) for e in grid)
+    if not grid or grid[0] <= 0:
+        raise ValueError(f"critical perturbations: the eps grid must hold values > 0 (the bisection is on a log "
+                         f"scale), got {grid}")
     run = lambda xs, ys, eps, k: broken(logits_fn, xs, ys, eps, k, attack=attack, settings=settings, domain=domain,
                                         chunk=chunk)
     at_grid = np.stack([run(x, y, eps, jax.random.fold_in(key, i)) for i, eps in enumerate(grid)], axis=1)

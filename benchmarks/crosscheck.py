@@ -165,8 +165,9 @@ def main(argv=None) -> dict:
             "broken_only_by_ours": np.flatnonzero(~ours & reference).tolist(),
             "broken_only_by_torchattacks": np.flatnonzero(ours & ~reference).tolist()})
 
-    lirpa = optional("auto_LiRPA", "auto-lirpa 0.3 on PyPI needs numpy < 2 and an older torch; install it where "
-                                   "it fits")
+    lirpa = optional("auto_LiRPA", "auto-lirpa 0.3, the newest on PyPI, needs numpy < 2 and torch < 1.13; "
+                                   "0.7.1 from github.com/Verified-Intelligence/auto_LiRPA runs with torch 2 and "
+                                   "numpy 2: pip install --no-deps it, plus appdirs and graphviz")
     if lirpa is not None:
         lower, upper = reference_bounds(torch, lirpa, network, x, args.eps)
         box = bounds.propagate(model, variables, bounds.input_box(jnp.asarray(x), args.eps, (0.0, 1.0)))

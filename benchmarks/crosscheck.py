@@ -7,8 +7,9 @@ Reported: both robust accuracies, the rate at which the per-example verdicts agr
 they differ (each side's extra breaks: an attack that breaks an example the other misses is the stronger
 there; a difference in both directions on many examples would be a bug), the largest difference between the
 logits of the two networks (which must be float rounding), and the largest difference between the two
-libraries' interval bounds on the logits (equal to float tolerance).  A reference package that is not
-installed (``pip install 'andor-jax[crosscheck]'``) is named and its part skipped.
+libraries' interval bounds on the logits, absolute and relative to the bound (equal to float tolerance).
+A reference package that is not installed (``pip install 'andor-jax[crosscheck]'``) is named and its part
+skipped.
 
 Networks: a trained ``mlp`` work directory (``--workdir``, the ReLU or sigmoid baseline), or with
 ``--small`` a random 784-32-10 ReLU network on uniform noise labelled by itself (a quick run of the
@@ -171,8 +172,11 @@ def main(argv=None) -> dict:
     if lirpa is not None:
         lower, upper = reference_bounds(torch, lirpa, network, x, args.eps)
         box = bounds.propagate(model, variables, bounds.input_box(jnp.asarray(x), args.eps, (0.0, 1.0)))
-        result["ibp_max_difference"] = float(max(np.abs(np.asarray(box.lower) - lower).max(),
-                                                 np.abs(np.asarray(box.upper) - upper).max()))
+        difference = np.maximum(np.abs(np.asarray(box.lower) - lower), np.abs(np.asarray(box.upper) - upper))
+        result["ibp_max_difference"] = float(difference.max())
+        # Relative to the bound's own size: a ReLU network's logit bounds reach thousands at eps 0.1.
+        result["ibp_max_relative_difference"] = float(
+            (difference / np.maximum(np.maximum(np.abs(lower), np.abs(upper)), 1e-30)).max())
     for name, value in result.items():
         print(f"{name}: {value}")
     if args.json:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from andor_jax import models
 from andor_jax.train import path_names
 
 PyTree = Any
@@ -28,12 +29,23 @@ class CheckpointMismatchError(ValueError):
 
 
 def fingerprint(model_config: ml_collections.ConfigDict, state: PyTree) -> dict:
-    """What must agree between a checkpoint and the run restoring it: the model config and the shape and
-    dtype of every leaf of the state."""
+    """What must agree between a checkpoint and the run restoring it: the model config, less the keys its
+    architecture declares as inference settings (`models.inference_settings`, e.g. CARSO's draws), and the
+    shape and dtype of every leaf of the state."""
+    settings = models.inference_settings(model_config)
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     shapes = {jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)] for path, leaf in leaves}
+    model = {key: value for key, value in model_config.to_dict().items() if key not in settings}
     # A JSON round trip makes it compare equal to what is read back (tuples become lists).
-    return json.loads(json.dumps({"model": model_config.to_dict(), "shapes": shapes}))
+    return json.loads(json.dumps({"model": model, "inference_settings": list(settings), "shapes": shapes}))
+
+
+def comparable(saved: dict, current: dict) -> dict:
+    """``saved`` without the model keys that ``current`` declares as inference settings: a checkpoint
+    written before they were declared kept them in its fingerprint."""
+    ignored = set(current.get("inference_settings", ()))
+    return {**saved, "model": {k: v for k, v in saved["model"].items() if k not in ignored},
+            "inference_settings": current.get("inference_settings", [])}
 
 
 def describe_mismatch(saved: dict, current: dict) -> str:
@@ -90,8 +102,8 @@ class Checkpointer:
         step = self.latest_step
         if step is None:
             return like
-        saved_fingerprint = self._manager.restore(
-            step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))["fingerprint"]
+        saved_fingerprint = comparable(self._manager.restore(
+            step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))["fingerprint"], fingerprint_)
         if saved_fingerprint != fingerprint_:
             raise CheckpointMismatchError(
                 f"checkpoint at step {step} in {self._manager.directory} belongs to another architecture or "
@@ -110,7 +122,7 @@ class Checkpointer:
         model_parts = (".params", ".model_state")
         wanted, found = (
             {**f, "shapes": {k: v for k, v in f["shapes"].items() if k.startswith(model_parts)}}
-            for f in (fingerprint_, saved["fingerprint"]))
+            for f in (fingerprint_, comparable(saved["fingerprint"], fingerprint_)))
         if wanted != found:
             raise CheckpointMismatchError(
                 f"checkpoint at step {step} in {self._manager.directory} belongs to another architecture: "

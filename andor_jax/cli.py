@@ -10,7 +10,8 @@
 Everything a command is given is checked before any work is done (`andor_jax.validation`): a bad value is
 a one-line error and exit status 2, before data or a model is loaded.  `evaluate` and `certify` read the data
 the work directory was trained on (its ``data.json``) and refuse other data; they take
-``--config.evaluate.KEY=VALUE`` for the keys they have a parameter for, and refuse every other override.
+``--config.evaluate.KEY=VALUE`` for the keys they have a parameter for (and `evaluate` the model's inference
+settings, ``--config.model.n_draws=100`` for CARSO), and refuse every other override.
 """
 from __future__ import annotations
 
@@ -246,25 +247,42 @@ FLAGS = {"attacks": "--attacks", "eps": "--eps", "limit": "--limit", "eot_draws"
 
 def evaluate_overrides(command: str, overrides: list[str], config, parameters, args) -> tuple[dict, object]:
     """The ``--config.evaluate.KEY=VALUE`` overrides as arguments ``{KEY: value}`` of the command's function
-    (whose ``parameters`` they must name), and the evaluation block with them applied.  Overrides of any other
-    key are refused (training fixed them), as is a flag given with its override."""
-    names = []
+    (whose ``parameters`` they must name), the ``--config.model.KEY=VALUE`` overrides of the model's
+    inference settings (`models.inference_settings`) as its ``model_settings``, and the evaluation block
+    with them applied.  Overrides of any other key are refused (training fixed them), as is a flag given
+    with its override."""
+    from andor_jax import models
+
+    names, model_keys = [], []
     for item in overrides:
         key = item.partition("=")[0]
-        if not key.startswith("evaluate.") or key.count(".") != 1:
+        section, _, name = key.partition(".")
+        if section == "model" and "." not in name and "model_settings" in parameters:
+            accepted = models.inference_settings(config.model)
+            if name not in accepted:
+                offer = (f"it takes --config.model.KEY for {', '.join(accepted)}" if accepted else
+                         f"architecture {config.model.name!r} has no inference settings")
+                raise validation.InvalidInput(f"--config.{key} cannot change after training: {offer}")
+            model_keys.append(name)
+            continue
+        if section != "evaluate" or "." in name:
+            model_offer = ", --config.model.KEY=VALUE for inference settings" if "model_settings" in parameters else ""
             raise validation.InvalidInput(
-                f"{command} takes --config.evaluate.KEY=VALUE overrides only (the rest of the config is fixed "
-                f"by training), got --config.{item}")
-        name = key.removeprefix("evaluate.")
-        if name not in parameters or name in ("workdir", "data_dir", "output_dir", "progress"):
+                f"{command} takes --config.evaluate.KEY=VALUE overrides{model_offer} only (the rest of the config "
+                f"is fixed by training), got --config.{item}")
+        if name not in parameters or name in ("workdir", "data_dir", "output_dir", "progress", "model_settings"):
             accepted = [p for p in parameters if p in config.evaluate]
             raise validation.InvalidInput(f"--config.{key} cannot be applied to {command}: it takes "
                                           f"--config.evaluate.KEY for {', '.join(accepted)}")
         if name in FLAGS and getattr(args, name, None) is not None:
             raise validation.InvalidInput(f"give {FLAGS[name]} or --config.{key}, not both")
         names.append(name)
-    block = config_lib.apply_overrides(config, overrides).evaluate
-    return {name: block[name].to_dict() if hasattr(block[name], "to_dict") else block[name] for name in names}, block
+    applied = config_lib.apply_overrides(config, overrides)
+    block = applied.evaluate
+    given = {name: block[name].to_dict() if hasattr(block[name], "to_dict") else block[name] for name in names}
+    if model_keys:
+        given["model_settings"] = {name: applied.model[name] for name in model_keys}
+    return given, block
 
 
 def evaluation_arguments(args: argparse.Namespace, overrides: list[str], function) -> tuple[dict, pathlib.Path]:
@@ -276,7 +294,7 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     and the attacks' norms, attack names and settings, limits, draws, gradient tags against the model's
     definition, and the recorded training data's directory.
     """
-    from andor_jax import data, experiment
+    from andor_jax import data, experiment, models
 
     workdir = validation.check_trained_dir(args.workdir)
     output = validation.check_writable_dir(args.output or workdir, "--output" if args.output else "work directory")
@@ -302,7 +320,7 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
         validation.check_attack_settings(given["attack_settings"])
     if args.command == "evaluate":
         validation.check_model_arguments(
-            config.model, labels, psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
+            models.with_inference_settings(config.model, given.get("model_settings")), labels, psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
             attack_model=given.get("attack_model", block.get("attack_model", "")),
             draws={FLAGS[name] if getattr(args, name, None) is not None else f"--config.evaluate.{name}": given[name]
                    for name in ("eot_draws", "verdict_draws") if name in given})

@@ -11,6 +11,7 @@ they were computed on.
 from __future__ import annotations
 
 import datetime
+import json
 import pathlib
 import sys
 from typing import Callable, NamedTuple, Sequence
@@ -121,6 +122,15 @@ def _checkpoint_step(workdir: pathlib.Path) -> int | None:
         checkpointer.close()
 
 
+def model_identity(model_config, variables) -> str:
+    """What identifies the model an evaluation attacks: its parameters' digest and, for an architecture
+    with inference settings (`models.inference_settings`), their values, so that an evaluation saved with
+    other draws is not resumed."""
+    inference = {key: model_config[key] for key in models.inference_settings(model_config) if key in model_config}
+    digest = examples_lib.digest(variables)
+    return f"{digest} {json.dumps(inference, sort_keys=True)}" if inference else digest
+
+
 def header_of(experiment, variables, workdir: pathlib.Path) -> dict:
     """What a report describes: the model (config name, architecture and its settings, checkpoint step,
     parameter digest), the data set and its source (with the embedded sample's warning), the library
@@ -160,7 +170,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
              eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
              attack_model: str | None = None, batch_size: int | None = None, suite: str | None = None,
              convergence_check: bool | None = None, convergence_threshold: float | None = None,
-             nested_eps: bool | None = None) -> dict[str, pathlib.Path]:
+             nested_eps: bool | None = None, model_settings: dict | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Every argument named like a key of the run's ``evaluate`` config block
     defaults to it (the command line's ``--config.evaluate.KEY=VALUE`` sets it).  ``eot_draws`` and
@@ -174,7 +184,9 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     again with twice the budget of the strongest attack and flags the report "not converged" when it breaks
     more than ``convergence_threshold`` of the examples.  With ``nested_eps`` an example broken at one eps is
     not attacked at the larger ones (the balls are nested: the same point breaks it there), and the report
-    counts those inherited cells.
+    counts those inherited cells.  ``model_settings`` sets the model's inference settings
+    (`models.with_inference_settings`: CARSO's ``n_draws``, ``aggregation``, ...; the command line's
+    ``--config.model.KEY=VALUE``); the report's header gives the settings it was computed with.
 
     The outcomes of every chunk of examples are kept in `PROGRESS_FILE` in the output directory until the
     report is written: an interrupted evaluation, run again with the same arguments, resumes where it stopped.
@@ -185,6 +197,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     """
     workdir = pathlib.Path(workdir)
     config = experiment_lib.read_config(workdir)
+    config.model = models.with_inference_settings(config.model, model_settings)
     settings = config.evaluate
     if suite is not None and attacks is not None:
         raise ValueError(f"give an attack list or a suite, not both (attacks {attacks!r}, suite {suite!r})")
@@ -219,7 +232,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     if certify and models.randomised(declared):
         raise ValueError(f"{type(declared).__name__} is randomised: interval bound propagation certifies "
                          "deterministic networks only; evaluate without --certify")
-    experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir)
+    experiment, variables = experiment_lib.load_trained(workdir, data_dir=data_dir, model_settings=model_settings)
     model = experiment.model
     target = target_of(model, variables, tags=tags, attack_model=attack_model,
                        eot_draws=settings.eot_draws if eot_draws is None else eot_draws,
@@ -236,7 +249,7 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
         gradient_logits_fns=target.gradient_logits_fns, doubled_tags=["psd"] if double_with_psd else [],
         overrides=_merged_settings(suite_settings if suite else settings.get("attack_settings"), attack_settings),
         progress=progress and distributed.is_main(),
-        progress_path=output_dir / PROGRESS_FILE, model_digest=examples_lib.digest(variables),
+        progress_path=output_dir / PROGRESS_FILE, model_digest=model_identity(experiment.config.model, variables),
         randomness=target.randomness,
         attack_logits_fn=None if target.attack_logits_fn is None else jax.jit(target.attack_logits_fn),
         attack_model=attack_model, share=distributed.share(), sequential=bool(suite), convergence=convergence,

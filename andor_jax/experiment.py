@@ -324,8 +324,10 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
-                 dataset: data.Dataset | None = None, with_data: bool = True) -> tuple[Experiment, dict]:
-    """The experiment of ``workdir`` (from its ``config.json``) and the variables of its latest checkpoint.
+                 dataset: data.Dataset | None = None, with_data: bool = True,
+                 model_settings: dict | None = None) -> tuple[Experiment, dict]:
+    """The experiment of ``workdir`` (from its ``config.json``, with the inference settings
+    ``model_settings`` applied: `models.with_inference_settings`) and the variables of its latest checkpoint.
 
     Its data set is ``dataset`` if given; else, with ``with_data``, the data the work directory was trained
     on (`load_data` with its record: other data is refused); else a blank stand-in (`data.blank`), for a
@@ -333,6 +335,7 @@ def load_trained(workdir: str | pathlib.Path, *, data_dir: str | None = None,
     """
     workdir = pathlib.Path(workdir)
     config = read_config(workdir)
+    config.model = models.with_inference_settings(config.model, model_settings)
     if dataset is None and with_data:
         recorded = recorded_data(workdir)
         dataset = load_data(config.data, data_dir, recorded=recorded)

@@ -199,17 +199,24 @@ def merge(report: Mapping | None, header: Mapping, examples: Mapping, results: M
     Within one example set of one model a new result replaces the old one of its kind, except that
     certified accuracies at other eps are kept (each eps is its own number on the same examples).  Entries
     of other example sets stay as they are, apart; entries of another model (another ``header['model']
-    ['digest']``) are dropped, since they no longer describe the checkpoint.
+    ['digest']``, or other ``settings``, e.g. CARSO's draws) are dropped, since they no longer describe it.
     """
     unknown = sorted(set(results) - set(RESULT_KINDS))
     if unknown:
         raise ValueError(f"unknown result kinds {unknown}; known: {RESULT_KINDS}")
     notes = []
     sets = {name: dict(entry) for name, entry in (report or {}).get("example_sets", {}).items()}
-    old_model = (report or {}).get("header", {}).get("model", {}).get("digest")
-    if sets and old_model != header.get("model", {}).get("digest"):
-        notes.append(f"the existing report described another checkpoint (parameters {str(old_model)[:12]}); "
-                     "its results are dropped")
+    old_model = (report or {}).get("header", {}).get("model", {})
+    new_model = header.get("model", {})
+    if sets and old_model.get("digest") != new_model.get("digest"):
+        notes.append(f"the existing report described another checkpoint (parameters "
+                     f"{str(old_model.get('digest'))[:12]}); its results are dropped")
+        sets = {}
+    elif sets and old_model.get("settings") != new_model.get("settings"):
+        changed = sorted(key for key in set(old_model.get("settings", {})) | set(new_model.get("settings", {}))
+                         if old_model.get("settings", {}).get(key) != new_model.get("settings", {}).get(key))
+        notes.append(f"the existing report described the model with other settings ({', '.join(changed)}); "
+                     "its results are dropped (keep both with --output)")
         sets = {}
     entry = sets.get(examples["id"], {"examples": dict(examples)})
     if entry["examples"] != dict(examples):

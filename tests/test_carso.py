@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from andor_jax import bounds, experiment, models, train
+from andor_jax import bounds, checkpoint, cli, evaluation, experiment, models, train
+from andor_jax import config as config_lib
 from andor_jax.configs import carso_classifier_mnist, carso_mnist
 from andor_jax.interval import Interval
 from andor_jax.models import carso
@@ -282,3 +283,60 @@ def test_the_purifiers_first_optimiser_steps_stay_finite(synthetic_mnist_dir):
         state, metrics = step(state, x, y)
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)) and max(losses) < 1.1 * losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def carso_workdir(classifier_workdir, synthetic_mnist_dir, tmp_path_factory):
+    """A small CARSO whose purifier trained one epoch on the classifier of ``classifier_workdir``."""
+    workdir = tmp_path_factory.mktemp("carso")
+    experiment.fit(purifier_config(classifier_workdir), workdir, data_dir=str(synthetic_mnist_dir), progress=False)
+    return workdir
+
+
+def test_inference_settings_are_set_at_evaluation_and_nothing_else(carso_workdir, synthetic_mnist_dir, tmp_path,
+                                                                     capsys):
+    """``--config.model.n_draws`` and ``aggregation`` change how the trained CARSO infers (the report's header
+    says so); an architecture key stays fixed by training, and a bad value is refused before any work."""
+    def evaluate(*settings):
+        return cli.main(["evaluate", "--workdir", str(carso_workdir), "--data-dir", str(synthetic_mnist_dir),
+                         "--attacks", "fgsm", "--eps", "0.1", "--limit", "6", "--verdict-draws", "1", "--output",
+                         str(tmp_path), "--no-progress", *settings])
+
+    assert evaluate("--config.model.n_draws=3", "--config.model.aggregation=mean_logits") == 0
+    header = json.loads((tmp_path / "report.json").read_text())["header"]["model"]
+    assert header["settings"]["n_draws"] == 3 and header["settings"]["aggregation"] == "mean_logits"
+    capsys.readouterr()
+    assert evaluate("--config.model.n_draws=4") == 0
+    assert "other settings (aggregation, n_draws)" in capsys.readouterr().err  # the first report is not mixed in
+    assert json.loads((tmp_path / "report.json").read_text())["header"]["model"]["settings"]["n_draws"] == 4
+    for setting, message in (("--config.model.representation_paths=layers_2", "cannot change after training"),
+                             ("--config.model.n_draws=0", "integer >= 1"),
+                             ("--config.model.aggregation=median", "unknown aggregation"),
+                             ("--config.train.epochs=3", "--config.model.KEY=VALUE for inference settings")):
+        assert evaluate(setting) == 2
+        assert message in capsys.readouterr().err, setting
+
+
+def test_a_checkpoint_fingerprinted_with_its_draws_restores_with_other_draws(synthetic_mnist_dir, tmp_path):
+    """Checkpoints written before CARSO declared its inference settings kept them in the fingerprint; they
+    restore under other settings, while another architecture is still refused."""
+    config = carso_mnist.get_config("small")
+    state = experiment.Experiment(config, data_dir=str(synthetic_mnist_dir)).init_state()
+    written_before = json.loads(json.dumps({"model": config.model.to_dict(),
+                                            "shapes": checkpoint.fingerprint(config.model, state)["shapes"]}))
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(state, written_before, force=True)
+    ckpt.wait()
+    redrawn = models.with_inference_settings(config.model, {"n_draws": 3, "aggregation": "mean_softmax"})
+    assert "n_draws" not in checkpoint.fingerprint(redrawn, state)["model"]
+    variables = ckpt.restore_latest_variables(state, checkpoint.fingerprint(redrawn, state))
+    for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rewired = models.with_inference_settings(config.model, {})
+    rewired.representation_paths = tuple(reversed(rewired.representation_paths))  # same shapes, other model
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="model config differs"):
+        ckpt.restore_latest_variables(state, checkpoint.fingerprint(rewired, state))
+    ckpt.close()
+    assert evaluation.model_identity(redrawn, variables) != evaluation.model_identity(config.model, variables)
+    with pytest.raises(ValueError, match="relu_mlp|inference settings are|declares none"):
+        models.with_inference_settings(config_lib.load_config("relu_mlp_mnist").model, {"hidden": (3,)})

@@ -354,6 +354,18 @@ def test_a_report_of_another_checkpoint_is_dropped_with_a_note():
     assert list(report["example_sets"]) == [_examples(20)["id"]] and "another checkpoint" in notes[0]
 
 
+def test_a_report_of_the_same_parameters_with_other_settings_is_dropped_with_a_note():
+    """Same parameters, other inference settings (CARSO's draws): another model, so nothing is combined."""
+    report, _ = report_lib.merge(None, HEADER, _examples(8), {"robustness": _robustness_result()})
+    redrawn = HEADER | {"model": HEADER["model"] | {"settings": {"hidden": [32], "n_draws": 3}}}
+    report, notes = report_lib.merge(report, redrawn, _examples(8), {"certified": {
+        "clean_accuracy": 0.9, "certified_accuracy": {"0.1": 0.25}}})
+    assert "robustness" not in report["example_sets"][_examples(8)["id"]]
+    assert "other settings (n_draws)" in notes[0]
+    report, notes = report_lib.merge(report, redrawn, _examples(8), {"robustness": _robustness_result()})
+    assert notes == [] and {"robustness", "certified"} <= set(report["example_sets"][_examples(8)["id"]])
+
+
 def test_the_header_says_what_the_report_describes():
     report, _ = report_lib.merge(None, HEADER, _examples(8), {"robustness": _robustness_result()})
     text = report_lib.format_markdown(report)

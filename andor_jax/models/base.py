@@ -20,7 +20,10 @@ model.
 `Sequential` is the model of a chain of layers (`andor_jax.layers`), and itself a composite layer (it
 may be nested).  An *architecture* is a module ``andor_jax/models/<name>.py`` with
 ``get_model(**kwargs) -> model``; `build_model` finds it by ``importlib`` from ``config.model.name``,
-nothing registers itself on import.
+nothing registers itself on import.  An architecture module may also declare ``INFERENCE_SETTINGS``: the
+keys of its config that change how a trained model infers but not what it trained (CARSO's number of draws
+and aggregation).  They are no part of a checkpoint's fingerprint, and ``andor-jax evaluate`` sets them with
+``--config.model.KEY=VALUE`` (`with_inference_settings`).
 """
 from __future__ import annotations
 
@@ -202,6 +205,33 @@ def architecture(name: str):
     if not hasattr(module, "get_model"):
         raise ValueError(f"{module_name} defines no get_model(**kwargs); known: {known_architectures()}")
     return module
+
+
+def inference_settings(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The keys of the model block ``config`` that its architecture declares as inference settings
+    (``INFERENCE_SETTINGS`` of its module; module docstring)."""
+    return tuple(getattr(architecture(config.name), "INFERENCE_SETTINGS", ()))
+
+
+def with_inference_settings(config: ml_collections.ConfigDict, settings: dict | None) -> ml_collections.ConfigDict:
+    """A copy of the model block ``config`` with the inference settings ``settings`` ({key: value}) applied;
+    ValueError naming the accepted keys for any other key, and for a value of another type than the
+    trained config's (an integer where a string was, ...)."""
+    if not settings:
+        return config
+    accepted = inference_settings(config)
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        offer = f"its inference settings are {', '.join(accepted)}" if accepted else "it declares none"
+        raise ValueError(f"model settings {unknown} cannot change after training for architecture "
+                         f"{config.name!r}: {offer}")
+    updated = ml_collections.ConfigDict(config.to_dict())
+    for key, value in settings.items():
+        try:
+            updated[key] = value
+        except TypeError as err:
+            raise ValueError(f"model setting {key}={value!r}: {err}") from None
+    return updated
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:

@@ -310,6 +310,11 @@ def predict(classifier: nn.Module, classifier_variables, purifier: nn.Module, pu
     return logits.reshape(padded, -1)[:batch]
 
 
+# How the trained model infers, not what it trained: outside the checkpoint's fingerprint, and settable by
+# ``andor-jax evaluate --config.model.n_draws=100`` (`andor_jax.models.base`).
+INFERENCE_SETTINGS = ("n_draws", "aggregation", "gradient_draws", "draws_per_chunk", "examples_per_chunk")
+
+
 def get_model(classifier: dict | None = None, purifier: dict | None = None,
               representation_paths: Sequence[str] | None = None, **settings) -> Carso:
     """CARSO on the thesis's classifier (`andor_jax.models.carso_classifier`, keyword arguments
@@ -321,5 +326,8 @@ def get_model(classifier: dict | None = None, purifier: dict | None = None,
     classifier = dict(classifier or {})
     if "aggregation" in settings and settings["aggregation"] not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {settings['aggregation']!r}; choose one of {sorted(AGGREGATIONS)}")
+    small = {k: v for k, v in settings.items() if k != "aggregation" and not (isinstance(v, int) and v >= 1)}
+    if small:
+        raise ValueError(f"CARSO's {', '.join(f'{k}={v!r}' for k, v in small.items())}: each must be an integer >= 1")
     paths = tuple(representation_paths or carso_classifier.representation_paths(classifier.get("hidden", (200, 80))))
     return Carso(carso_classifier.get_model(**classifier), Purifier(**dict(purifier or {})), paths, **settings)

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("certify", "certified accuracy by interval bound propagation")):
         sub = commands.add_parser(name, help=text, epilog=(
             "--config.evaluate.KEY=VALUE sets KEY of the work directory's evaluation block for this run (e.g. "
-            "--config.evaluate.limit=100), for the keys this command takes; other --config overrides are "
-            "refused: training fixed them."))
+            "--config.evaluate.limit=100), for the keys this command takes"
+            + ("; --config.model.KEY=VALUE sets a model's inference settings (CARSO's n_draws, aggregation, "
+               "...)" if name == "evaluate" else "") + "; other --config overrides are refused: training fixed them."))
         sub.add_argument("--workdir", required=True, metavar="DIR",
                          help="a trained work directory (andor-jax train); the report is written there unless "
                               "--output is given")

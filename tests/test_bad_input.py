@@ -187,7 +187,10 @@ EVALUATE_ARGS = [
     (["--limit", "-5"], "--limit must be an integer >= 0, got -5"),
     (["--config.evaluate.limit=-5"], "evaluate.limit must be an integer >= 0"),
     (["--limit", "5", "--config.evaluate.limit=7"], "give --limit or --config.evaluate.limit, not both"),
-    (["--config.train.epochs=3"], "takes --config.evaluate.KEY=VALUE overrides only"),
+    (["--config.train.epochs=3"], "takes --config.evaluate.KEY=VALUE overrides, --config.model.KEY=VALUE for "
+                                  "inference settings only"),
+    (["--config.model.hidden=(3,)"], "--config.model.hidden cannot change after training: architecture 'mlp' has "
+                                     "no inference settings"),
     (["--config.evaluate.nosuch=1"], "cannot be applied to evaluate"),
     (["--config.evaluate.batch_size=0"], "evaluate.batch_size must be an integer >= 1"),
     (["--config.evaluate.eps=[2.0]"], "exceeds the linf diameter"),

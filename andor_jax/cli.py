@@ -316,6 +316,8 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
     for name, minimum in (("limit", 0), ("eot_draws", 0), ("verdict_draws", 1)):
         if getattr(args, name, None) is not None:
             given[name] = validation.check_int(FLAGS[name], getattr(args, name), minimum)
+    if given.get("convergence_attack"):
+        validation.check_attacks([given["convergence_attack"]], "--config.evaluate.convergence_attack")
     if getattr(args, "set", None):
         given["attack_settings"] = parse_attack_settings(args.set)
         validation.check_attack_settings(given["attack_settings"])

@@ -192,6 +192,7 @@ EVALUATE_ARGS = [
     (["--config.model.hidden=(3,)"], "--config.model.hidden cannot change after training: architecture 'mlp' has "
                                      "no inference settings"),
     (["--config.evaluate.nosuch=1"], "cannot be applied to evaluate"),
+    (["--config.evaluate.convergence_attack=apgd-nosuch"], "--config.evaluate.convergence_attack: unknown attack"),
     (["--config.evaluate.batch_size=0"], "evaluate.batch_size must be an integer >= 1"),
     (["--config.evaluate.eps=[2.0]"], "exceeds the linf diameter"),
     (["--eps", "0.3:0.1:0.1"], "the range is reversed: stop 0.1 < start 0.3"),

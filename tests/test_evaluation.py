@@ -268,3 +268,15 @@ def test_bad_suite_requests_fail_before_any_work(trained_workdir, synthetic_mnis
         assert cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
                          "--no-progress", "--limit", "10", *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
+
+
+def test_the_convergence_attack_is_chosen_on_the_command_line(trained_workdir, synthetic_mnist_dir, tmp_path):
+    """``--config.evaluate.convergence_attack`` replaces the largest-budget attack (PGD 6 x 2 here) as the
+    one the check repeats, at twice its steps and restarts."""
+    assert cli.main(["evaluate", "--workdir", str(trained_workdir), "--data-dir", str(synthetic_mnist_dir),
+                     "--no-progress", "--limit", "20", "--eps", "0.1", "--attacks", "pgd,apgd-ce", "--set",
+                     "pgd.steps=6", "--set", "pgd.restarts=2", "--set", "apgd-ce.steps=4", "--output", str(tmp_path),
+                     "--config.evaluate.convergence_attack=apgd-ce"]) == 0
+    entry = next(iter(json.loads((tmp_path / "report.json").read_text())["example_sets"].values()))
+    check = entry["robustness"]["settings"]["convergence"]
+    assert check["attack"] == "apgd-ce" and check["settings"]["steps"] == 8, check

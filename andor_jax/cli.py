@@ -323,7 +323,8 @@ def evaluation_arguments(args: argparse.Namespace, overrides: list[str], functio
         validation.check_attack_settings(given["attack_settings"])
     if args.command == "evaluate":
         validation.check_model_arguments(
-            models.with_inference_settings(config.model, given.get("model_settings")), labels, psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
+            models.with_inference_settings(config.model, given.get("model_settings")), labels,
+            psd=args.psd or bool(block.get("pseudo_gradient_attacks")),
             attack_model=given.get("attack_model", block.get("attack_model", "")),
             draws={FLAGS[name] if getattr(args, name, None) is not None else f"--config.evaluate.{name}": given[name]
                    for name in ("eot_draws", "verdict_draws") if name in given})

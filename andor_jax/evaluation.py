@@ -170,7 +170,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
              eot_draws: int | None = None, verdict_draws: int | None = None, randomness: str | None = None,
              attack_model: str | None = None, batch_size: int | None = None, suite: str | None = None,
              convergence_check: bool | None = None, convergence_threshold: float | None = None,
-             convergence_attack: str | None = None, nested_eps: bool | None = None, model_settings: dict | None = None) -> dict[str, pathlib.Path]:
+             convergence_attack: str | None = None, nested_eps: bool | None = None,
+             model_settings: dict | None = None) -> dict[str, pathlib.Path]:
     """Runs the robustness evaluation of ``workdir`` and writes ``report.json``, ``report.md`` and the plot
     there (or in ``output_dir``).  Every argument named like a key of the run's ``evaluate`` config block
     defaults to it (the command line's ``--config.evaluate.KEY=VALUE`` sets it).  ``eot_draws`` and
@@ -182,9 +183,9 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     (and the ``paper`` suite), ``attack_settings`` given here to either.  The convergence check
     (`robustness.Convergence`, on unless ``convergence_check`` is False) attacks the examples still standing
     again with twice the budget of the strongest attack (or of ``convergence_attack``) and flags the report
-    "not converged" when it breaks more than ``convergence_threshold`` of the examples.  With ``nested_eps`` an example broken at one eps is
-    not attacked at the larger ones (the balls are nested: the same point breaks it there), and the report
-    counts those inherited cells.  ``model_settings`` sets the model's inference settings
+    "not converged" when it breaks more than ``convergence_threshold`` of the examples.  With ``nested_eps`` an
+    example broken at one eps is not attacked at the larger ones (the balls are nested: the same point breaks it
+    there), and the report counts those inherited cells.  ``model_settings`` sets the model's inference settings
     (`models.with_inference_settings`: CARSO's ``n_draws``, ``aggregation``, ...; the command line's
     ``--config.model.KEY=VALUE``); the report's header gives the settings it was computed with.
 
@@ -219,7 +220,8 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     check = settings.get("convergence_check", True) if convergence_check is None else convergence_check
     convergence = robustness.Convergence(
         settings.get("convergence_threshold", 0.005) if convergence_threshold is None else convergence_threshold,
-        settings.get("convergence_attack", "") if convergence_attack is None else convergence_attack) if check else None
+        settings.get("convergence_attack", "") if convergence_attack is None else convergence_attack,
+    ) if check else None
     if convergence is not None:
         convergence.check()
     tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in attack_names) if tag}

@@ -219,6 +219,49 @@ def test_eot_averages_per_draw_gradients():
     assert mean_loss.shape == (BATCH,)
 
 
+def test_eot_decides_by_the_first_draw_of_the_real_forward():
+    x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
+    key = jax.random.PRNGKey(4)
+    first = jax.random.split(key, 5)[0]
+    smooth = lambda inputs, k: MULTI_NET(inputs)  # a surrogate gradient: the noiseless network
+    for gradient_fn in (None, smooth):
+        eot_oracle = oracle.randomised(_noisy_net, 5, gradient_fn)
+        expected = _noisy_net(x, first)
+        np.testing.assert_allclose(eot_oracle.logits(x, key), expected, rtol=1e-6)
+        logits, losses_, _ = eot_oracle.loss_and_grad(losses.cross_entropy, x, y, key)
+        np.testing.assert_allclose(logits, expected, rtol=1e-6)
+        np.testing.assert_allclose(eot_oracle.logits_and_jacobian(x, key)[0], expected, rtol=1e-6)
+        if gradient_fn is not None:  # the losses of the decision; without a surrogate, their mean over draws
+            np.testing.assert_allclose(losses_, losses.cross_entropy(expected, y), rtol=1e-6)
+
+
+def test_eot_with_a_surrogate_runs_the_real_forward_once_per_query():
+    """The decision's forward (CARSO: a vote of 1,500 draws) must not be repeated for every EOT draw: the
+    compiled query's FLOPs grow with the draws by the surrogate's gradient only."""
+    width = 256
+    kernels = jax.random.normal(jax.random.PRNGKey(0), (8, width, width)) / width ** 0.5
+    head = jax.random.normal(jax.random.PRNGKey(1), (width, CLASSES))
+
+    def expensive(inputs, k):  # eight 256 x 256 layers per forward
+        h = jnp.tile(inputs, width // DIM) + 0.1 * jax.random.normal(k, (inputs.shape[0], width))
+        for kernel in kernels:
+            h = jnp.tanh(h @ kernel)
+        return h @ head
+
+    x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
+
+    def flops(n_draws):
+        query = oracle.randomised(expensive, n_draws, lambda inputs, k: MULTI_NET(inputs))
+        compiled = jax.jit(lambda v, k: query.loss_and_grad(losses.cross_entropy, v, y, k)).lower(
+            x, jax.random.PRNGKey(0)).compile()
+        analysis = compiled.cost_analysis()
+        return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+
+    forward = 2 * BATCH * width * width * len(kernels)
+    assert flops(1) >= forward
+    assert flops(16) - flops(1) < 0.1 * forward
+
+
 def test_eot_attack_on_a_randomised_model_stays_in_the_ball():
     x, y = _interior_inputs(jitter=0.3), jnp.arange(BATCH) % CLASSES
     result = attacks.eot(attacks.pgd, n_draws=3)(_noisy_net, x, y, jax.random.PRNGKey(0), eps=0.1, **FAST["pgd"])

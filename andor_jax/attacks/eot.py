@@ -4,10 +4,10 @@ of the expected loss,
 
     grad_x E_k[L(f(x, k), y)] ≈ (1/n) sum_{i=1..n} grad_x L(f(x, k_i), y),
 
-with ``n`` fresh draws ``k_i`` at every query (vmapped).  Within the attack, misclassification is judged on the
-mean logits over the draws; the evaluation judges the returned points apart, by the worst case over
-independent forward passes (`andor_jax.evaluators.robustness`).  The averaging lives in
-`andor_jax.attacks.oracle.Oracle`; this module wraps an attack around it, and
+with ``n`` fresh draws ``k_i`` at every query (vmapped).  Within the attack, misclassification is judged on
+one draw of the model (the first of the query's), as AutoAttack's EOT does; the evaluation judges the
+returned points apart, by the worst case over independent forward passes (`andor_jax.evaluators.robustness`).
+The averaging lives in `andor_jax.attacks.oracle.Oracle`; this module wraps an attack around it, and
 ``registry.run_attack(..., eot_draws=n)`` runs a registered attack so.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def eot(attack: Callable[..., AttackResult], n_draws: int) -> Callable[..., Atta
     Args:
       attack: e.g. `andor_jax.attacks.pgd`, with the usual signature ``attack(logits_fn, x, y, key, *, eps,
         ...)``.
-      n_draws: draws of the model's randomness averaged at every query.
+      n_draws: draws of the model's randomness averaged in every gradient.
 
     Returns:
       ``eot_attack(logits_fn, x, y, key, *, gradient_logits_fn=None, **settings)`` where ``logits_fn(x, key)``

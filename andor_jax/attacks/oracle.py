@@ -7,10 +7,14 @@ Every attack talks to an `Oracle`, never to ``logits_fn`` directly, so that two 
   give a false sense of security": a differentiable approximation in the backward pass only) and the switch
   to the pseudo-gradients of MWD networks (Agrawal, de Alfaro & Helmbold).  Decisions (is this point
   misclassified?) always use ``logits_fn`` itself.
-- ``n_draws``: for a randomised model ``logits_fn(x, key)``, every query averages over ``n_draws`` fresh
+- ``n_draws``: for a randomised model ``logits_fn(x, key)``, every gradient averages over ``n_draws`` fresh
   draws of its randomness (vmapped).  This is Expectation over Transformation (Athalye et al. 2018,
   "Synthesizing robust adversarial examples"): ``grad E_k[L(f(x, k), y)] = E_k[grad L(f(x, k), y)]``.
-  Decisions use the mean logits over the draws.
+  A *decision* (the logits an attack judges a point by) is one draw of the real forward, the first of the
+  query's draws, as AutoAttack's EOT judges by its last draw (Croce & Hein 2020): that is what the defended
+  system answers on one query, and a point it misclassifies once is what the evaluation's worst case over
+  verdict draws looks for.  With a separate ``gradient_logits_fn`` (CARSO's differentiable surfaces, each
+  decision a vote of 1,500 draws) the real forward thus runs once per query, not ``n_draws`` times.
 
 A deterministic model is the special case that ignores its key, so one attack implementation serves both.
 Per-example gradients come from differentiating the batch's summed loss, which assumes that the model treats
@@ -51,31 +55,38 @@ class Oracle:
       logits_fn: ``(x, key) -> logits`` of shape (batch, classes); decides misclassification.
       gradient_logits_fn: ``(x, key) -> logits`` with the same forward values, differentiated instead of
         ``logits_fn``; None differentiates ``logits_fn``.
-      n_draws: draws of the model's randomness averaged in every query.
+      n_draws: draws of the model's randomness averaged in every gradient (decisions take the first).
     """
 
     logits_fn: RandomisedLogitsFn
     gradient_logits_fn: RandomisedLogitsFn | None = None
     n_draws: int = 1
 
-    def _average_over_draws(self, query, key):
-        """``query(key)`` averaged over ``n_draws`` independent keys; exactly ``query(key)`` when n_draws = 1."""
-        if self.n_draws == 1:
-            return query(key)
-        answers = jax.vmap(query)(jax.random.split(key, self.n_draws))
-        return jax.tree.map(lambda answer: jnp.mean(answer, axis=0), answers)
+    def _draws(self, key: jax.Array) -> jax.Array:
+        """The ``n_draws`` keys of a query (``key`` itself when n_draws = 1); the first one decides."""
+        return key[None] if self.n_draws == 1 else jax.random.split(key, self.n_draws)
+
+    @staticmethod
+    def _per_draw(query, keys: jax.Array):
+        """``query(k)`` for each of ``keys``, stacked on a leading axis (vmapped; one key: called directly)."""
+        if keys.shape[0] == 1:
+            return jax.tree.map(lambda answer: answer[None], query(keys[0]))
+        return jax.vmap(query)(keys)
 
     def logits(self, x: jax.Array, key: jax.Array) -> jax.Array:
-        """The (mean) logits at the batch ``x``."""
-        return self._average_over_draws(lambda k: self.logits_fn(x, k), key)
+        """The decision at the batch ``x``: the logits of one draw of ``logits_fn``."""
+        return self.logits_fn(x, self._draws(key)[0])
 
     def loss_and_grad(self, loss_fn: LossFn, x: jax.Array, y: jax.Array,
                       key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(logits, losses, grads)``: logits (batch, classes), per-example losses (batch,) and the gradient
-        of each example's loss with respect to its own input (batch, ...), all averaged over the draws."""
+        """``(logits, losses, grads)``: the decision's logits (batch, classes), per-example losses (batch,)
+        and the gradient of each example's loss with respect to its own input (batch, ...), averaged over the
+        draws.  Without a separate gradient function the losses are averaged over the draws too (each draw's
+        forward gives its loss and gradient); with one, they are the losses of the decision."""
+        keys = self._draws(key)
 
-        def one_draw(k):
-            if self.gradient_logits_fn is None:
+        if self.gradient_logits_fn is None:
+            def one_draw(k):
                 def total_loss(inputs):
                     logits = self.logits_fn(inputs, k)
                     losses = loss_fn(logits, y)
@@ -83,28 +94,35 @@ class Oracle:
 
                 (_, (logits, losses)), grads = jax.value_and_grad(total_loss, has_aux=True)(x)
                 return logits, losses, grads
-            grads = jax.grad(lambda inputs: jnp.sum(loss_fn(self.gradient_logits_fn(inputs, k), y)))(x)
-            logits = self.logits_fn(x, k)
-            return logits, loss_fn(logits, y), grads
 
-        return self._average_over_draws(one_draw, key)
+            logits, losses, grads = self._per_draw(one_draw, keys)
+            return logits[0], jnp.mean(losses, axis=0), jnp.mean(grads, axis=0)
+
+        def surface_grad(k):
+            return jax.grad(lambda inputs: jnp.sum(loss_fn(self.gradient_logits_fn(inputs, k), y)))(x)
+
+        grads = jnp.mean(self._per_draw(surface_grad, keys), axis=0)
+        logits = self.logits_fn(x, keys[0])
+        return logits, loss_fn(logits, y), grads
 
     def logits_and_jacobian(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(logits, jacobian)``: logits (batch, classes) and ``d z_c / d x`` of each example with respect to
-        its own input, shape (classes, batch, ...): one forward pass and a vmapped backward pass per class."""
+        """``(logits, jacobian)``: the decision's logits (batch, classes) and ``d z_c / d x`` of each example
+        with respect to its own input, shape (classes, batch, ...), averaged over the draws: one forward pass
+        and a vmapped backward pass per class and draw."""
+        keys = self._draws(key)
+        differentiated = self.gradient_logits_fn or self.logits_fn
 
         def one_draw(k):
-            differentiated = self.gradient_logits_fn or self.logits_fn
             logits, pullback = jax.vjp(lambda inputs: differentiated(inputs, k), x)
             num_classes = logits.shape[-1]
             cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=logits.dtype)[:, None, :],
                                           (num_classes,) + logits.shape)
             (jacobian,) = jax.vmap(pullback)(cotangents)
-            if self.gradient_logits_fn is not None:
-                logits = self.logits_fn(x, k)
             return logits, jacobian
 
-        return self._average_over_draws(one_draw, key)
+        logits, jacobian = self._per_draw(one_draw, keys)
+        logits = self.logits_fn(x, keys[0]) if self.gradient_logits_fn is not None else logits[0]
+        return logits, jnp.mean(jacobian, axis=0)
 
     def num_classes(self, x: jax.Array, key: jax.Array) -> int:
         """The number of logits the model gives for the batch ``x`` (from shapes alone, nothing computed)."""
@@ -122,7 +140,8 @@ def deterministic(logits_fn: LogitsFn, gradient_logits_fn: LogitsFn | None = Non
 
 def randomised(logits_fn: RandomisedLogitsFn, n_draws: int,
                gradient_logits_fn: RandomisedLogitsFn | None = None) -> Oracle:
-    """The EOT oracle of a randomised model ``logits_fn(x, key) -> logits``, averaging ``n_draws`` draws."""
+    """The EOT oracle of a randomised model ``logits_fn(x, key) -> logits``: gradients averaged over
+    ``n_draws`` draws, decisions by one draw."""
     return Oracle(logits_fn, gradient_logits_fn, n_draws)
 
 

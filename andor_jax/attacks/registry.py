@@ -122,8 +122,8 @@ def run_attack(name: str, logits_fn, x: jax.Array, y: jax.Array, key: jax.Array,
 
     ``gradient_logits_fn`` (BPDA, pseudo-gradients) is refused by gradient-free attacks.  With ``eot_draws``
     the model is randomised: ``logits_fn(x, key)`` and ``gradient_logits_fn(x, key)`` take a PRNG key, and
-    every query of the attack averages ``eot_draws`` fresh draws (Expectation over Transformation,
-    `andor_jax.attacks.eot`).
+    every gradient of the attack averages ``eot_draws`` fresh draws, every decision takes one (Expectation
+    over Transformation, `andor_jax.attacks.eot`).
     """
     spec = get_spec(name)
     settings = settings_of(name, **overrides)

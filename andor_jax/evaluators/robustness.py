@@ -13,12 +13,12 @@ forward values.
 
 Randomised models (`Randomness`).  Every function then takes a PRNG key, ``fn(x, key) -> logits``.  With
 ``mode='fresh'`` the attacks run with Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok 2018):
-every query averages ``eot_draws`` fresh draws (`andor_jax.attacks.oracle`).  With ``mode='fixed'`` the
-attacks see one deterministic network, the model with its key held fixed for the whole evaluation.  Either
-way the verdict on each point (the clean input and every attack's point) is the worst case over
-``verdict_draws`` independent forward passes: an example counts as correct only if every draw classifies it
-correctly, so a defence that is right on some draws and wrong on others is broken (Athalye, Carlini & Wagner
-2018: one fresh draw would credit it with its luck).
+every gradient averages ``eot_draws`` fresh draws and every decision is one draw (`andor_jax.attacks.oracle`).
+With ``mode='fixed'`` the attacks see one deterministic network, the model with its key held fixed for the
+whole evaluation.  Either way the verdict on each point (the clean input and every attack's point) is the
+worst case over ``verdict_draws`` independent forward passes: an example counts as correct only if every draw
+classifies it correctly, so a defence that is right on some draws and wrong on others is broken (Athalye,
+Carlini & Wagner 2018: one fresh draw would credit it with its luck).
 
 Sequential suites (``sequential=True``, `andor_jax.attacks.suites`).  The attacks run in their order, and
 each attacks only the examples that the clean check and every earlier attack left standing (AutoAttack's
@@ -76,7 +76,7 @@ class Randomness(NamedTuple):
     """How a randomised model is evaluated (see the module docstring); the defaults are the library's.
 
     Attributes:
-      eot_draws: draws averaged at every attack query (``mode='fresh'``).
+      eot_draws: draws averaged in every gradient of an attack (``mode='fresh'``); decisions take one.
       verdict_draws: independent forward passes that judge each point; one wrong draw breaks it.
       mode: ``'fresh'`` (attacks see fresh draws, EOT) or ``'fixed'`` (attacks see the model with its key held
         fixed; verdicts still use fresh draws).

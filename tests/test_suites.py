@@ -103,6 +103,26 @@ def test_the_hyperplane_step_is_the_least_linf_step_within_the_box():
     np.testing.assert_allclose(step, [[0.5, 0.1, 0.0]], atol=1e-6)
 
 
+def test_the_hyperplane_step_matches_the_sorted_solution_on_random_planes():
+    """Against the textbook solution (numpy, float64): g(delta) = sum |w_i| min(delta, room_i) is linear
+    between the sorted rooms, so the least delta with g(delta) = |r| interpolates g's values there."""
+    rng = np.random.default_rng(0)
+    batch, dim, domain = 64, 50, (-1.0, 2.0)
+    p = rng.uniform(*domain, (batch, dim))
+    w = rng.normal(size=(batch, dim))
+    b = np.sum(w * p, 1) + rng.normal(scale=3.0, size=batch)
+    step = np.asarray(fab.hyperplane_step(jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32),
+                                          jnp.asarray(b, jnp.float32), domain))
+    r = b - np.sum(w * p, 1)
+    direction = np.sign(w) * np.sign(r)[:, None]
+    room = np.where(direction > 0, domain[1] - p, p - domain[0])
+    for i in range(batch):
+        rooms = np.sort(room[i])
+        reach = np.array([np.sum(np.abs(w[i]) * np.minimum(t, room[i])) for t in rooms])
+        delta = rooms[-1] if reach[-1] < abs(r[i]) else np.interp(abs(r[i]), np.r_[0.0, reach], np.r_[0.0, rooms])
+        np.testing.assert_allclose(step[i], direction[i] * np.minimum(delta, room[i]), atol=2e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Suites: later attacks on survivors only.
 

@@ -122,6 +122,25 @@ def max_reduction_rate(batch: int, out: int, inputs: int, *, repeats: int = 5) -
     return batch * out * inputs / _best_seconds(reduce, x, u, w, repeats=repeats)
 
 
+def clipped_sum_rate(rows: int, cols: int, *, repeats: int = 5) -> float:
+    """Elements per second of ``t <- t + c sum_i w_i min(t, r_i)`` over (rows, cols) float32 values, one
+    fused reduction per pass, each pass depending on the last (a loop inside one program), best of
+    ``repeats``: the primitive of FAB's hyperplane step (`andor_jax.attacks.fab`), one pass per halving."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    w, r = (jax.random.uniform(key, (rows, cols)) for key in keys)
+    count = max(1, int(2e8 // (rows * cols)))
+
+    @jax.jit
+    def passes(w, r):
+        return jax.lax.fori_loop(0, count, lambda i, t: t + 1e-3 * jnp.sum(w * jnp.minimum(t[:, None], r), axis=1),
+                                 jnp.zeros(rows))
+
+    return rows * cols * count / _best_seconds(passes, w, r, repeats=repeats)
+
+
 def compiled_flops(compiled) -> float:
     """FLOPs of one call of a compiled program, by XLA's cost analysis (a loop's body is counted once)."""
     return float(compiled.cost_analysis()["flops"])

@@ -62,6 +62,8 @@ BENCHMARKS = {
                        needs=("data",)),
     "carso": Benchmark("bench_carso.py", ("--images", "20", "--draws", "50", "--draws-per-chunk", "50",
                                           "--examples-per-chunk", "20", "--rounds", "2"), ("--rounds", "3")),
+    "fab": Benchmark("bench_fab.py", ("--n", "20", "--steps", "10", "--rounds", "1"), ("--n", "200", "--rounds", "3"),
+                     optional=("relu", "data")),
     "compaction": Benchmark("bench_compaction.py", ("--n", "50", "--attacks", "square,pgd[psd]"), ("--n", "250",),
                             needs=("mwd",), optional=("data",)),
 }

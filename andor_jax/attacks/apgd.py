@@ -154,9 +154,8 @@ def _finish(oracle: Oracle, x, y, target, state: SearchState, final_keys, *, los
     """The last iterate is checked too; per input, a misclassified point of some restart, otherwise the
     best-loss point over the restarts."""
     def one_restart(x, y, target, state: SearchState, final_key):
-        logits = oracle.logits(state.x_t, final_key)
+        logits, last_loss, _ = oracle.loss_and_grad(loss_function(loss, target), state.x_t, y, final_key)
         found, broken = common.record_misclassified(state.found, state.broken, state.x_t, logits, y)
-        last_loss = loss_function(loss, target)(logits, y)
         best_x = jnp.where(common.per_example(last_loss > state.best_loss, x), state.x_t, state.best_x)
         return jnp.where(common.per_example(broken, x), found, best_x), broken, jnp.maximum(state.best_loss, last_loss)
 

@@ -2,11 +2,13 @@
 
 Every attack talks to an `Oracle`, never to ``logits_fn`` directly, so that two hooks apply to all of them:
 
-- ``gradient_logits_fn``: the function that is differentiated.  Its forward values must equal the model's;
-  only its backward pass may differ.  This is BPDA (Athalye, Carlini & Wagner 2018, "Obfuscated gradients
+- ``gradient_logits_fn``: the function that is differentiated.  Usually its forward values equal the
+  model's and only its backward pass differs: BPDA (Athalye, Carlini & Wagner 2018, "Obfuscated gradients
   give a false sense of security": a differentiable approximation in the backward pass only) and the switch
-  to the pseudo-gradients of MWD networks (Agrawal, de Alfaro & Helmbold).  Decisions (is this point
-  misclassified?) always use ``logits_fn`` itself.
+  to the pseudo-gradients of MWD networks (Agrawal, de Alfaro & Helmbold).  It may also be a loss surface
+  of its own (CARSO's mean logits over a few draws, where the model votes): the losses an attack compares
+  are then the surface's, whose gradient it follows.  Decisions (is this point misclassified?) always use
+  ``logits_fn`` itself.
 - ``n_draws``: for a randomised model ``logits_fn(x, key)``, every gradient averages over ``n_draws`` fresh
   draws of its randomness (vmapped).  This is Expectation over Transformation (Athalye et al. 2018,
   "Synthesizing robust adversarial examples"): ``grad E_k[L(f(x, k), y)] = E_k[grad L(f(x, k), y)]``.
@@ -53,8 +55,8 @@ class Oracle:
 
     Attributes:
       logits_fn: ``(x, key) -> logits`` of shape (batch, classes); decides misclassification.
-      gradient_logits_fn: ``(x, key) -> logits`` with the same forward values, differentiated instead of
-        ``logits_fn``; None differentiates ``logits_fn``.
+      gradient_logits_fn: ``(x, key) -> logits`` differentiated instead of ``logits_fn`` (usually with the
+        same forward values); None differentiates ``logits_fn``.
       n_draws: draws of the model's randomness averaged in every gradient (decisions take the first).
     """
 
@@ -79,31 +81,26 @@ class Oracle:
 
     def loss_and_grad(self, loss_fn: LossFn, x: jax.Array, y: jax.Array,
                       key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(logits, losses, grads)``: the decision's logits (batch, classes), per-example losses (batch,)
-        and the gradient of each example's loss with respect to its own input (batch, ...), averaged over the
-        draws.  Without a separate gradient function the losses are averaged over the draws too (each draw's
-        forward gives its loss and gradient); with one, they are the losses of the decision."""
+        """``(logits, losses, grads)``: the decision's logits (batch, classes), and the per-example losses
+        (batch,) of the differentiated function (``gradient_logits_fn`` when given) with the gradient of each
+        with respect to its own input (batch, ...), both averaged over the draws.  The losses are the value
+        of what the gradient ascends, which APGD's step-size rule and FAB's linearisation compare; for a
+        surrogate with the model's forward values they are the model's."""
         keys = self._draws(key)
+        differentiated = self.gradient_logits_fn or self.logits_fn
 
-        if self.gradient_logits_fn is None:
-            def one_draw(k):
-                def total_loss(inputs):
-                    logits = self.logits_fn(inputs, k)
-                    losses = loss_fn(logits, y)
-                    return jnp.sum(losses), (logits, losses)
+        def one_draw(k):
+            def total_loss(inputs):
+                logits = differentiated(inputs, k)
+                losses = loss_fn(logits, y)
+                return jnp.sum(losses), (logits, losses)
 
-                (_, (logits, losses)), grads = jax.value_and_grad(total_loss, has_aux=True)(x)
-                return logits, losses, grads
+            (_, (logits, losses)), grads = jax.value_and_grad(total_loss, has_aux=True)(x)
+            return logits, losses, grads
 
-            logits, losses, grads = self._per_draw(one_draw, keys)
-            return logits[0], jnp.mean(losses, axis=0), jnp.mean(grads, axis=0)
-
-        def surface_grad(k):
-            return jax.grad(lambda inputs: jnp.sum(loss_fn(self.gradient_logits_fn(inputs, k), y)))(x)
-
-        grads = jnp.mean(self._per_draw(surface_grad, keys), axis=0)
-        logits = self.logits_fn(x, keys[0])
-        return logits, loss_fn(logits, y), grads
+        logits, losses, grads = self._per_draw(one_draw, keys)
+        decision = self.logits_fn(x, keys[0]) if self.gradient_logits_fn is not None else logits[0]
+        return decision, jnp.mean(losses, axis=0), jnp.mean(grads, axis=0)
 
     def logits_and_jacobian(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(logits, jacobian)``: the decision's logits (batch, classes) and ``d z_c / d x`` of each example

@@ -300,6 +300,19 @@ def test_iterative_attacks_are_at_least_as_strong_as_fgsm(trained_net):
         assert np.all(broken >= fgsm_broken), f"{label} misses examples that FGSM breaks"
 
 
+def test_an_attack_on_a_vote_with_a_smooth_surrogate_follows_the_surrogate(trained_net):
+    """A model whose logits are a vote (piecewise constant, CARSO's kind) attacked through a smooth surrogate
+    that decides alike: the losses APGD compares are the surrogate's, so the attack is exactly APGD on the
+    surrogate.  (Comparing the vote's flat losses, APGD would halve its step at every checkpoint.)"""
+    fn, x, y, results = trained_net
+    vote = lambda inputs: jnp.log(jax.nn.one_hot(jnp.argmax(fn(inputs), -1), 3) * 0.98 + 0.01)  # noqa: E731
+    name, overrides = TRAINED_RUNS["apgd-ce"]
+    through_surrogate = attacks.run_attack(name, vote, x, y, jax.random.PRNGKey(0), TRAINED_EPS, (0.0, 1.0),
+                                           gradient_logits_fn=fn, **overrides)
+    np.testing.assert_array_equal(through_surrogate.broken, results["apgd-ce"].broken)
+    np.testing.assert_allclose(through_surrogate.x_adv, results["apgd-ce"].x_adv, atol=1e-6)
+
+
 def test_the_verdict_of_a_nonlinear_net_is_that_of_a_separate_forward_pass_on_the_points(trained_net):
     """``broken`` is exactly the misclassification of the returned points by the model run here: a broken
     input's point is misclassified, an unbroken input's point (its last or best-loss point) is not."""

@@ -24,7 +24,7 @@ from andor_jax import experiment as experiment_lib
 from andor_jax import models
 from andor_jax import report as report_lib
 from andor_jax import spectrum as spectrum_lib
-from andor_jax.attacks import suites
+from andor_jax.attacks import registry, suites
 from andor_jax.evaluators import certify as certify_lib
 from andor_jax.evaluators import examples as examples_lib
 from andor_jax.evaluators import robustness
@@ -207,10 +207,13 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     attack_model = settings.attack_model if attack_model is None else attack_model
     suite_settings = {}
     if suite:
+        attacked = _attacked(declared, attack_model)
         attack_names, suite_settings = suites.resolve(
-            suite, randomised=models.randomised(_attacked(declared, attack_model)),
-            paper_attacks=_names(settings.attacks),
+            suite, randomised=models.randomised(attacked), paper_attacks=_names(settings.attacks),
             paper_settings=_merged_settings(settings.get("attack_settings"), None))
+        if suite != "paper":
+            attack_names = suites.through_surface(attack_names, models.attack_surface(attacked),
+                                                  lambda name: registry.get_spec(name).uses_gradients)
     else:
         attack_names = _names(settings.attacks if attacks is None else attacks)
     eps_grid = list(eps if eps is not None else settings.eps)

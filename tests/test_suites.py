@@ -179,6 +179,14 @@ def test_suites_resolve_and_refuse_bad_requests():
         suites.resolve("rand", randomised=False)
 
 
+def test_a_suite_goes_through_the_models_attack_surface():
+    uses_gradients = lambda name: registry.get_spec(name).uses_gradients  # noqa: E731
+    labels = ["apgd-ce", "square", "fab-t", "pgd[psd]"]
+    assert suites.through_surface(labels, "true", uses_gradients) == labels
+    assert suites.through_surface(labels, "mean_logits", uses_gradients) == [
+        "apgd-ce[mean_logits]", "square", "fab-t[mean_logits]", "pgd[psd]"]
+
+
 def test_runs_of_a_suite_put_each_pseudo_gradient_double_right_after_its_attack():
     runs = robustness.runs_of(["apgd-ce", "square", "apgd-t"], ["psd"], interleaved=True)
     assert [label for label, _, _ in runs] == ["apgd-ce", "apgd-ce[psd]", "square", "apgd-t", "apgd-t[psd]"]

@@ -13,12 +13,14 @@ the examples that the earlier ones left standing (`andor_jax.evaluators.robustne
   lists them (``evaluate.attacks``, ``evaluate.attack_settings``), in that order.
 
 For a model with pseudo-gradients every gradient attack of a suite also runs on them (``NAME[psd]``, right
-after the attack on true gradients).
+after the attack on true gradients).  A model that declares another ``attack_surface`` (`andor_jax.models`;
+CARSO, whose vote has no useful gradient) has the gradient attacks of ``standard``, ``plus`` and ``rand``
+differentiate that surface instead (``NAME[mean_logits]``, `through_surface`).
 """
 from __future__ import annotations
 
 import types
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 SUITE_NAMES = ("standard", "plus", "rand", "paper")
 RAND_EOT_DRAWS = 20
@@ -66,3 +68,11 @@ def resolve(name: str, *, randomised: bool, paper_attacks: Sequence[str] = (),
         raise ValueError(f"suite {name!r} is for randomised models (EOT over {RAND_EOT_DRAWS} draws); this model is "
                          "deterministic: use 'standard' or 'plus'")
     return list(suite.attacks), {attack: dict(values) for attack, values in suite.settings.items()}
+
+
+def through_surface(labels: Sequence[str], surface: str, uses_gradients: Callable[[str], bool]) -> list[str]:
+    """``labels`` with every untagged gradient attack (``uses_gradients(name)``) differentiating the model's
+    attack surface, ``NAME[surface]``; unchanged when the surface is the true gradient."""
+    if surface == "true":
+        return list(labels)
+    return [f"{label}[{surface}]" if "[" not in label and uses_gradients(label) else label for label in labels]

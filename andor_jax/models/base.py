@@ -9,6 +9,9 @@ A *model* is any Flax module that declares, as class attributes or properties (d
   (default ``("true",)``);
 * ``submodels: tuple[str, ...]``: names of sub-networks whose parameters sit under ``params[name]``
   (default ``()``);
+* ``attack_surface: str``: the gradient mode through which a named suite's gradient attacks go
+  (`andor_jax.attacks.suites`): ``"true"`` by default; CARSO's differentiable aggregation over a few draws,
+  since the gradient of its vote is zero almost everywhere;
 
 and may define ``logits(self, x, *, gradient=None)``: its real forward for ``gradient=None`` (what is
 judged), the surface of a named gradient mode otherwise, with the same forward values (default: ``self(x)``).
@@ -51,6 +54,7 @@ class Model(nn.Module):
     randomised = False
     gradient_modes = ("true",)
     submodels = ()
+    attack_surface = "true"
 
     def logits(self, x, *, gradient=None):
         return self(x)
@@ -112,6 +116,10 @@ def gradient_modes(model: nn.Module) -> tuple[str, ...]:
 
 def submodels(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "submodels", Model.submodels))
+
+
+def attack_surface(model: nn.Module) -> str:
+    return str(getattr(model, "attack_surface", Model.attack_surface))
 
 
 def check_gradient_mode(model: nn.Module, gradient: str | None) -> None:

@@ -198,6 +198,12 @@ class Carso(Model):
     submodels = ("classifier", "purifier")
     gradient_modes = ("true", *DIFFERENTIABLE)
 
+    @property
+    def attack_surface(self) -> str:
+        """The surface a named suite attacks through: the aggregation itself over ``gradient_draws`` draws when
+        it is differentiable, else ``mean_logits`` (the vote's gradient is zero almost everywhere)."""
+        return self.aggregation if self.aggregation in DIFFERENTIABLE else "mean_logits"
+
     def _initialise(self, x: jax.Array) -> jax.Array:
         """Creates every parameter (Flax creates them on first use); returns the classifier's logits of
         ``x`` (the shape of the model's output)."""

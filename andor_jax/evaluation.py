@@ -206,16 +206,15 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
     declared = models.build_model(config.model)  # its declarations decide what may be asked, before any loading
     attack_model = settings.attack_model if attack_model is None else attack_model
     suite_settings = {}
+    attacked = _attacked(declared, attack_model)
     if suite:
-        attacked = _attacked(declared, attack_model)
         attack_names, suite_settings = suites.resolve(
             suite, randomised=models.randomised(attacked), paper_attacks=_names(settings.attacks),
             paper_settings=_merged_settings(settings.get("attack_settings"), None))
-        if suite != "paper":
-            attack_names = suites.through_surface(attack_names, models.attack_surface(attacked),
-                                                  lambda name: registry.get_spec(name).uses_gradients)
     else:
         attack_names = _names(settings.attacks if attacks is None else attacks)
+    attack_names = suites.through_surface(attack_names, models.attack_surface(attacked),
+                                          lambda name: registry.get_spec(name).uses_gradients)
     eps_grid = list(eps if eps is not None else settings.eps)
     psd_requested = settings.pseudo_gradient_attacks if pseudo_gradient_attacks is None else pseudo_gradient_attacks
     double_with_psd = (psd_requested

@@ -318,18 +318,22 @@ def test_inference_settings_are_set_at_evaluation_and_nothing_else(carso_workdir
 
 
 def test_a_suite_attacks_carso_through_its_differentiable_surface(carso_workdir, synthetic_mnist_dir, tmp_path):
-    """The vote's own gradient is zero almost everywhere: ``--suite rand`` must differentiate the mean logits
-    of a few draws (or the aggregation itself when it is differentiable), never the vote."""
+    """The vote's own gradient is zero almost everywhere: ``--suite rand`` and an untagged ``--attacks`` entry
+    must differentiate the mean logits of a few draws (or the aggregation itself when it is differentiable),
+    never the vote; ``[true]`` still asks for the vote's gradient."""
     assert carso.Carso(None, None, (), aggregation="vote").attack_surface == "mean_logits"
     assert carso.Carso(None, None, (), aggregation="mean_softmax").attack_surface == "mean_softmax"
-    assert cli.main(["evaluate", "--workdir", str(carso_workdir), "--data-dir", str(synthetic_mnist_dir), "--suite",
-                     "rand", "--eot", "1", "--verdict-draws", "1", "--eps", "0.1", "--limit", "4",
-                     "--no-convergence-check", "--set", "apgd-ce.steps=2", "--set", "apgd-dlr.steps=2",
-                     "--config.evaluate.attack_model=", "--output", str(tmp_path), "--no-progress"]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
-    (entry,) = report["example_sets"].values()
-    assert list(entry["robustness"]["settings"]["attack_seconds"]) == ["apgd-ce[mean_logits]",
-                                                                       "apgd-dlr[mean_logits]"]
+    for run, (request, expected) in enumerate(((["--suite", "rand"], ["apgd-ce[mean_logits]", "apgd-dlr[mean_logits]"]),
+                              (["--attacks", "apgd-ce,apgd-dlr[true],square"],
+                               ["apgd-ce[mean_logits]", "apgd-dlr[true]", "square"]))):
+        assert cli.main(["evaluate", "--workdir", str(carso_workdir), "--data-dir", str(synthetic_mnist_dir),
+                         *request, "--eot", "1", "--verdict-draws", "1", "--eps", "0.1", "--limit", "4",
+                         "--no-convergence-check", "--set", "apgd-ce.steps=2", "--set", "apgd-dlr.steps=2",
+                         "--set", "square.n_queries=2", "--config.evaluate.attack_model=", "--output",
+                         str(tmp_path / str(run)), "--no-progress"]) == 0
+        report = json.loads((tmp_path / str(run) / "report.json").read_text())
+        (entry,) = report["example_sets"].values()
+        assert list(entry["robustness"]["settings"]["attack_seconds"]) == expected
 
 
 def test_a_checkpoint_fingerprinted_with_its_draws_restores_with_other_draws(synthetic_mnist_dir, tmp_path):

@@ -14,7 +14,7 @@ the examples that the earlier ones left standing (`andor_jax.evaluators.robustne
 
 For a model with pseudo-gradients every gradient attack of a suite also runs on them (``NAME[psd]``, right
 after the attack on true gradients).  A model that declares another ``attack_surface`` (`andor_jax.models`;
-CARSO, whose vote has no useful gradient) has the gradient attacks of ``standard``, ``plus`` and ``rand``
+CARSO, whose vote has no useful gradient) has every untagged gradient attack, of a suite or of a list,
 differentiate that surface instead (``NAME[mean_logits]``, `through_surface`).
 """
 from __future__ import annotations

@@ -9,9 +9,9 @@ A *model* is any Flax module that declares, as class attributes or properties (d
   (default ``("true",)``);
 * ``submodels: tuple[str, ...]``: names of sub-networks whose parameters sit under ``params[name]``
   (default ``()``);
-* ``attack_surface: str``: the gradient mode through which a named suite's gradient attacks go
-  (`andor_jax.attacks.suites`): ``"true"`` by default; CARSO's differentiable aggregation over a few draws,
-  since the gradient of its vote is zero almost everywhere;
+* ``attack_surface: str``: the gradient mode that an evaluation's untagged gradient attacks differentiate
+  (`andor_jax.attacks.suites.through_surface`): ``"true"`` by default; CARSO's differentiable aggregation
+  over a few draws, since the gradient of its vote is zero almost everywhere;
 
 and may define ``logits(self, x, *, gradient=None)``: its real forward for ``gradient=None`` (what is
 judged), the surface of a named gradient mode otherwise, with the same forward values (default: ``self(x)``).

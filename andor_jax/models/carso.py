@@ -200,8 +200,8 @@ class Carso(Model):
 
     @property
     def attack_surface(self) -> str:
-        """The surface a named suite attacks through: the aggregation itself over ``gradient_draws`` draws when
-        it is differentiable, else ``mean_logits`` (the vote's gradient is zero almost everywhere)."""
+        """The surface untagged gradient attacks differentiate: the aggregation itself over ``gradient_draws``
+        draws when it is differentiable, else ``mean_logits`` (the vote's gradient is zero almost everywhere)."""
         return self.aggregation if self.aggregation in DIFFERENTIABLE else "mean_logits"
 
     def _initialise(self, x: jax.Array) -> jax.Array:

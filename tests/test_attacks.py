@@ -230,9 +230,11 @@ def test_eot_decides_by_the_first_draw_of_the_real_forward():
         np.testing.assert_allclose(eot_oracle.logits(x, key), expected, rtol=1e-6)
         logits, losses_, _ = eot_oracle.loss_and_grad(losses.cross_entropy, x, y, key)
         np.testing.assert_allclose(logits, expected, rtol=1e-6)
-        np.testing.assert_allclose(eot_oracle.logits_and_jacobian(x, key)[0], expected, rtol=1e-6)
-        if gradient_fn is not None:  # the losses are the surrogate's, whose gradient the attack follows
+        decision, linearised, _ = eot_oracle.logits_and_jacobian(x, key)
+        np.testing.assert_allclose(decision, expected, rtol=1e-6)
+        if gradient_fn is not None:  # the losses and the linearisation are the surrogate's, which is followed
             np.testing.assert_allclose(losses_, losses.cross_entropy(MULTI_NET(x), y), rtol=1e-6)
+            np.testing.assert_allclose(linearised, MULTI_NET(x), rtol=1e-6)
 
 
 def test_eot_with_a_surrogate_runs_the_real_forward_once_per_query():

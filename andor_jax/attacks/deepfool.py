@@ -58,8 +58,8 @@ def _deepfool(oracle: Oracle, x, y, key, eps, domain, overshoot, *, norm, max_it
 
     def iterate(state):
         iteration, x_t, total, active = state
-        logits, jacobian = oracle.logits_and_jacobian(x_t, query_keys[iteration])
-        active = active & ~common.misclassified(logits, y)
+        decision, logits, jacobian = oracle.logits_and_jacobian(x_t, query_keys[iteration])
+        active = active & ~common.misclassified(decision, y)
         r = deepfool_step(logits, jacobian, reference, norm)
         total = total + jnp.where(common.per_example(active, r), r, 0.0)
         x_t = common.clip_to_domain(x + (1.0 + overshoot) * total, domain)

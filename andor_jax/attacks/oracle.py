@@ -102,10 +102,11 @@ class Oracle:
         decision = self.logits_fn(x, keys[0]) if self.gradient_logits_fn is not None else logits[0]
         return decision, jnp.mean(losses, axis=0), jnp.mean(grads, axis=0)
 
-    def logits_and_jacobian(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(logits, jacobian)``: the decision's logits (batch, classes) and ``d z_c / d x`` of each example
-        with respect to its own input, shape (classes, batch, ...), averaged over the draws: one forward pass
-        and a vmapped backward pass per class and draw."""
+    def logits_and_jacobian(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(decision, logits, jacobian)``: the decision's logits (batch, classes), and the logits of the
+        differentiated function with their Jacobian ``d z_c / d x`` of each example with respect to its own
+        input, shape (classes, batch, ...), both averaged over the draws (one forward pass and a vmapped
+        backward pass per class and draw): a linearisation, as DeepFool takes it, and the decision apart."""
         keys = self._draws(key)
         differentiated = self.gradient_logits_fn or self.logits_fn
 
@@ -118,8 +119,8 @@ class Oracle:
             return logits, jacobian
 
         logits, jacobian = self._per_draw(one_draw, keys)
-        logits = self.logits_fn(x, keys[0]) if self.gradient_logits_fn is not None else logits[0]
-        return logits, jnp.mean(jacobian, axis=0)
+        decision = self.logits_fn(x, keys[0]) if self.gradient_logits_fn is not None else logits[0]
+        return decision, jnp.mean(logits, axis=0), jnp.mean(jacobian, axis=0)
 
     def num_classes(self, x: jax.Array, key: jax.Array) -> int:
         """The number of logits the model gives for the batch ``x`` (from shapes alone, nothing computed)."""

@@ -171,3 +171,26 @@ def test_walk_names_are_the_parameter_keys():
     assert with_params == [("layers_0",), ("layers_2", "branches_1_0"), ("layers_2", "branches_1_1", "layers_0")]
     leaves = {jax.tree_util.keystr(k[:-1]) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     assert leaves == {"".join(f"['{n}']" for n in path) for path in with_params}
+
+
+def test_the_single_channel_convolution_has_xlas_values_and_gradients():
+    """`conv2d` of a one-channel input takes its own input gradient (an overlap-add); values, input and kernel
+    gradients must be those of XLA's convolution, also inside jit and vmap."""
+    from andor_jax.layers import standard
+
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 12, 11, 1))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 1, 6))
+    reference = lambda inputs, k: jax.lax.conv_general_dilated(  # noqa: E731
+        inputs, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(standard.conv2d(x, kernel, (1, 1), "VALID"), reference(x, kernel), rtol=1e-6, atol=1e-6)
+
+    def loss(conv):
+        return lambda inputs, k: jnp.sum(jnp.sin(conv(inputs, k)) * jnp.arange(6.0))
+
+    ours = jax.jit(jax.grad(loss(lambda inputs, k: standard.conv2d(inputs, k, (1, 1), "VALID")), argnums=(0, 1)))
+    expected = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+    for got, want in zip(ours(x, kernel), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    per_example = jax.vmap(jax.grad(lambda inputs: loss(lambda v, k: standard.conv2d(v, k, (1, 1), "VALID"))(
+        inputs[None], kernel)))(x)
+    np.testing.assert_allclose(per_example, expected[0], rtol=1e-5, atol=1e-5)

@@ -213,20 +213,26 @@ def evaluate(workdir, *, data_dir=None, attacks: Sequence[str] | str | None = No
             paper_settings=_merged_settings(settings.get("attack_settings"), None))
     else:
         attack_names = _names(settings.attacks if attacks is None else attacks)
-    attack_names = suites.through_surface(attack_names, models.attack_surface(attacked),
-                                          lambda name: registry.get_spec(name).uses_gradients)
+
+    def through_surface(labels):  # untagged gradient attacks differentiate the attacked network's surface
+        return suites.through_surface(labels, models.attack_surface(attacked),
+                                      lambda name: registry.get_spec(name).uses_gradients)
+
+    attack_names = through_surface(attack_names)
     eps_grid = list(eps if eps is not None else settings.eps)
     psd_requested = settings.pseudo_gradient_attacks if pseudo_gradient_attacks is None else pseudo_gradient_attacks
     double_with_psd = (psd_requested
                        or (bool(suite) and "psd" in models.gradient_modes(_attacked(declared, attack_model))))
     check = settings.get("convergence_check", True) if convergence_check is None else convergence_check
+    check_attack = settings.get("convergence_attack", "") if convergence_attack is None else convergence_attack
     convergence = robustness.Convergence(
         settings.get("convergence_threshold", 0.005) if convergence_threshold is None else convergence_threshold,
-        settings.get("convergence_attack", "") if convergence_attack is None else convergence_attack,
+        through_surface([check_attack])[0] if check_attack else "",
     ) if check else None
     if convergence is not None:
         convergence.check()
-    tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in attack_names) if tag}
+    checked = [convergence.attack] if convergence is not None and convergence.attack else []
+    tags = sorted({tag for tag in (robustness.split_label(label)[1] for label in [*attack_names, *checked]) if tag}
                   | ({"psd"} if double_with_psd else set()))
     check_request(declared, tags=tags, attack_model=attack_model)
     if not models.randomised(declared) and (eot_draws or verdict_draws):

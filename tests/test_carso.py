@@ -334,6 +334,13 @@ def test_a_suite_attacks_carso_through_its_differentiable_surface(carso_workdir,
         report = json.loads((tmp_path / str(run) / "report.json").read_text())
         (entry,) = report["example_sets"].values()
         assert list(entry["robustness"]["settings"]["attack_seconds"]) == expected
+    assert cli.main(["evaluate", "--workdir", str(carso_workdir), "--data-dir", str(synthetic_mnist_dir), "--attacks",
+                     "square", "--config.evaluate.convergence_attack=apgd-ce", "--set", "apgd-ce.steps=1",
+                     "--set", "square.n_queries=2", "--eot", "1", "--verdict-draws", "1", "--eps", "0.1", "--limit",
+                     "4", "--config.evaluate.attack_model=", "--output", str(tmp_path / "check"),
+                     "--no-progress"]) == 0  # the convergence check's attack goes through the surface too
+    (entry,) = json.loads((tmp_path / "check" / "report.json").read_text())["example_sets"].values()
+    assert entry["robustness"]["convergence"]["attack"] == "apgd-ce[mean_logits]"
 
 
 def test_a_checkpoint_fingerprinted_with_its_draws_restores_with_other_draws(synthetic_mnist_dir, tmp_path):
